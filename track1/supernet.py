@@ -1,0 +1,119 @@
+"""The ResNet48 supernet, the plain static ResNet of one subnet, and export from one to the other."""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, make_activation
+from .space import SearchSpace, Widths, block_plan
+
+# The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
+# ...), so exporting a subnet is a leading slice of every same-named tensor.
+
+
+class DynamicBlock(nn.Layer):
+    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+        super().__init__()
+        self.stride = stride
+        self.conv1, self.bn1 = DynamicConv2D(c_in, mid, 3, stride, 1), DynamicBatchNorm2D(mid)
+        self.conv2, self.bn2 = DynamicConv2D(mid, c_out, 3, 1, 1), DynamicBatchNorm2D(c_out)
+        # Every block owns a projection; a subnet uses it when the stride or the widths need it.
+        self.shortcut_conv = DynamicConv2D(c_in, c_out, 1, stride, 0)
+        self.shortcut_bn = DynamicBatchNorm2D(c_out)
+        self.act = make_activation(act)
+
+    def forward(self, x: paddle.Tensor, mid: int, c_out: int) -> paddle.Tensor:
+        y = F.relu(self.bn1(self.conv1(x, mid)))
+        y = self.bn2(self.conv2(y, c_out))
+        if self.stride != 1 or x.shape[1] != c_out:
+            x = self.shortcut_bn(self.shortcut_conv(x, c_out))
+        return self.act(y + x)
+
+
+class SuperNet(nn.Layer):
+    """Max-width weights; forward(x, widths) runs the subnet those widths describe."""
+
+    def __init__(self, space: SearchSpace, act: str = "relu"):
+        super().__init__()
+        self.space, self.act_name = space, act
+        self.max_widths = space.max_widths
+        w = self.max_widths
+        self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3)
+        self.stem_bn = DynamicBatchNorm2D(w.stem)
+        self.stages = nn.LayerList()
+        for stage, pairs in enumerate(w.blocks):
+            self.stages.append(nn.LayerList())
+        for stage, _, c_in, mid, c_out, stride in block_plan(w):
+            self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act))
+        self.fc = DynamicLinear(w.out_channels, space.num_classes)
+
+    def forward(self, x: paddle.Tensor, widths: Widths) -> paddle.Tensor:
+        x = F.relu(self.stem_bn(self.stem_conv(x, widths.stem)))
+        x = F.max_pool2d(x, 3, 2, 1)
+        for stage, pairs in enumerate(widths.blocks):
+            for block, (mid, c_out) in zip(self.stages[stage], pairs):
+                x = block(x, mid, c_out)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+    def bn_layers(self) -> list[DynamicBatchNorm2D]:
+        return [m for m in self.sublayers() if isinstance(m, DynamicBatchNorm2D)]
+
+    def export(self, widths: Widths) -> "ResNet":
+        """A plain paddle.nn network of these widths carrying the supernet's (sliced) weights."""
+        net = ResNet(widths, self.space, self.act_name)
+        own = self.state_dict()
+        state = {}
+        for name, target in net.state_dict().items():
+            source = own[name]
+            slices = tuple(slice(0, n) for n in target.shape)
+            state[name] = source[slices] if slices else source
+        net.set_state_dict(state)
+        return net
+
+
+class BasicBlock(nn.Layer):
+    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+        super().__init__()
+        self.conv1 = nn.Conv2D(c_in, mid, 3, stride, 1, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(mid)
+        self.conv2 = nn.Conv2D(mid, c_out, 3, 1, 1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(c_out)
+        self.relu = nn.ReLU()
+        self.has_shortcut = stride != 1 or c_in != c_out
+        if self.has_shortcut:
+            self.shortcut_conv = nn.Conv2D(c_in, c_out, 1, stride, 0, bias_attr=False)
+            self.shortcut_bn = nn.BatchNorm2D(c_out)
+        self.act = make_activation(act)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        if self.has_shortcut:
+            x = self.shortcut_bn(self.shortcut_conv(x))
+        return self.act(y + x)
+
+
+class ResNet(nn.Layer):
+    """The plain network of one subnet, built only from paddle.nn layers."""
+
+    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu"):
+        super().__init__()
+        self.widths = widths
+        self.stem_conv = nn.Conv2D(space.in_channels, widths.stem, 7, 2, 3, bias_attr=False)
+        self.stem_bn = nn.BatchNorm2D(widths.stem)
+        self.stem_relu = nn.ReLU()
+        self.pool = nn.MaxPool2D(3, 2, 1)
+        self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
+        for stage, _, c_in, mid, c_out, stride in block_plan(widths):
+            self.stages[stage].append(BasicBlock(c_in, mid, c_out, stride, act))
+        self.avgpool = nn.AdaptiveAvgPool2D(1)
+        self.fc = nn.Linear(widths.out_channels, space.num_classes)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        x = self.pool(self.stem_relu(self.stem_bn(self.stem_conv(x))))
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return self.fc(self.avgpool(x).flatten(1))
