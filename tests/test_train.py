@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import paddle
+import pytest
+
+from track1 import checkpoint
+from track1.config import config_hash, run_dir
+from track1.losses import rank_loss, rank_weight, soft_cross_entropy
+from track1.train import build_supernet, lr_factor, train
+
+from conftest import tiny_config
+
+
+def _weights(path):
+    return {k: np.asarray(v) for k, v in paddle.load(str(path / "model.pdparams")).items()}
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    full = train(tiny_config(tmp_path / "a"), progress=False)
+    cfg = tiny_config(tmp_path / "b", "train.max_steps=5")
+    part = train(cfg, progress=False)
+    assert part.name == "step_0000005" and checkpoint.read_meta(part)["step"] == 5
+    resumed = train(tiny_config(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.name == full.name == "epoch_002"
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The optimizer moved the weights away from their initialisation.
+    _, fresh = build_supernet(tiny_config(tmp_path / "c"))
+    assert not np.array_equal(a["stem_conv.weight"], fresh.stem_conv.weight.numpy())
+
+
+def test_training_refuses_to_overwrite_or_resume_another_config(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    train(cfg, progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="--resume"):
+        train(cfg, progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+        train(tiny_config(tmp_path, "train.lr=0.5"), resume=True, progress=False)
+
+
+def test_corrupted_checkpoint_is_reported_by_file(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    last = train(cfg, progress=False)
+    (last / "model.pdparams").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="model.pdparams: corrupted"):
+        train(tiny_config(tmp_path), resume=True, progress=False)
+
+
+def test_checkpoint_records_config_hash_and_state(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=3")
+    last = train(cfg, progress=False)
+    meta = json.loads((last / "meta.json").read_text())
+    assert meta["config_hash"] == config_hash(cfg) and meta["step"] == 3
+    state = checkpoint.load_state(last)
+    assert state["scheduler"]["last_epoch"] == 3
+    assert any(k.endswith("velocity_0") for k in state["optimizer"])
+    assert (run_dir(cfg) / "vdl").is_dir()
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_factor(0, 4, 20, 0.0) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20, 0.0) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20, 0.0) == pytest.approx(0.5)
+    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_soft_cross_entropy_matches_numpy():
+    logits = paddle.to_tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
+    target = paddle.to_tensor([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    lg = logits.numpy()
+    logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
+    expected = -(target.numpy() * logp).sum(1).mean()
+    assert soft_cross_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rank_losses_penalise_only_disagreeing_order():
+    la = paddle.to_tensor(2.0, stop_gradient=False)
+    lb = paddle.to_tensor(1.0, stop_gradient=False)
+    # a is better by the teacher but has the larger loss: penalised, gradient only on a.
+    loss = rank_loss(la, lb, z_a=5.0, z_b=1.0, kind="authors")
+    assert loss.item() == pytest.approx(1.0)
+    loss.backward()
+    assert la.grad.item() == 1.0 and lb.grad is None
+    assert rank_loss(la, lb, z_a=1.0, z_b=5.0, kind="authors").item() == 0.0
+    assert rank_loss(la, lb, z_a=5.0, z_b=1.0, kind="margin", margin=0.5).item() == pytest.approx(1.5)
+    assert rank_loss(la, lb, z_a=1.0, z_b=5.0, kind="margin", margin=0.5).item() == 0.0
+    assert rank_loss(la, lb, z_a=1.0, z_b=1.0).item() == 0.0
+
+
+def test_rank_weight_schedules():
+    assert rank_weight(5, 50, "linear", 2.0, 10) == 0.5
+    assert rank_weight(40, 50, "linear", 2.0, 10) == 2.0
+    assert rank_weight(25, 50, "sin", 2.0, 10) == pytest.approx(2 * np.sin(0.4 * np.pi))

@@ -1,0 +1,168 @@
+"""The command line: `python -m track1 COMMAND -c CONFIG -o key=value ...`, a thin layer over the library."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, run_dir
+
+COMMANDS = ("prepare", "train", "score", "submit", "validate", "proxies")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m track1", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("-c", "--config", default=None, help="YAML config (default: configs/default.yaml)")
+        c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. -o train.epochs=2 (repeatable)")
+        return c
+
+    command("prepare", "find, download or check the training data")
+    c = command("train", "train the supernet (no ground truth is read: it takes none)")
+    c.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    c = command("score", "score every code of an architecture list with the trained supernet")
+    c.add_argument("--arch-list", default=None, help="official-format JSON (default: score.arch_list)")
+    c.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
+    c = command("submit", "write submit/<run>.json from the scores")
+    c.add_argument("--arch-list", default=None)
+    c.add_argument("--checkpoint", default=None)
+    c.add_argument("--out", default=None, help="output path (default: <submit.dir>/<run.name>.json)")
+    c = command("validate", "check a submission against an architecture list")
+    c.add_argument("submission")
+    c.add_argument("--arch-list", default=None)
+    c = command("proxies", "zero-cost proxy scores of every code of a list")
+    c.add_argument("--proxy", required=True, help="proxy name (flops, params, snip, synflow, zen, ...)")
+    c.add_argument("--arch-list", default=None)
+    return p
+
+
+def _set_threads(cfg: dict) -> None:
+    # Before paddle is imported: its CPU kernels read OMP_NUM_THREADS once. An explicit
+    # environment variable wins, so tests can pin one thread for bit-identical results.
+    threads = int(cfg["run"]["threads"]) or os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def arch_list(cfg: dict, given: str | None) -> tuple[dict[str, str], str]:
+    """(key -> code, list name). Without a list, a demo list sampled like the official one."""
+    from .submission import demo_arch_list, load_arch_list, write_arch_list
+    path = given or cfg["score"]["arch_list"]
+    if path:
+        return load_arch_list(path), Path(path).stem
+    demo = run_dir(cfg) / "demo_arch_list.json"
+    n, seed = int(cfg["score"]["demo_size"]), int(cfg["score"]["demo_seed"])
+    if not demo.exists():
+        write_arch_list(demo, demo_arch_list(n, seed))
+    print(f"no architecture list given (score.arch_list / ARCH_LIST): using a demo list of {n} codes "
+          f"sampled like the official one, {demo}", file=sys.stderr)
+    return load_arch_list(demo), demo.stem
+
+
+def _checkpoint(cfg: dict, given: str | None) -> Path:
+    from . import checkpoint
+    path = given or cfg["score"]["checkpoint"]
+    if path:
+        return Path(path)
+    last = checkpoint.latest(run_dir(cfg))
+    if last is None:
+        raise checkpoint.CheckpointError(f"{run_dir(cfg)}: no checkpoint; run `train` first")
+    return last
+
+
+def _scores_path(cfg: dict, list_name: str, ckpt: Path) -> Path:
+    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}.jsonl"
+
+
+def cmd_prepare(cfg: dict, args) -> None:
+    from .data import prepare
+    prepare(cfg)
+
+
+def cmd_train(cfg: dict, args) -> None:
+    from .train import train
+    final = train(cfg, resume=args.resume, progress=True)
+    print(f"trained: {final}")
+
+
+def cmd_score(cfg: dict, args) -> None:
+    from .checkpoint import load_weights
+    from .config import config_hash
+    from .data import calibration_batches, validation_batches
+    from .scoring import score_list, summarize
+    from .train import build_supernet
+    codes, name = arch_list(cfg, args.arch_list)
+    ckpt = _checkpoint(cfg, args.checkpoint)
+    space, model = build_supernet(cfg)
+    load_weights(ckpt, model, expect_hash=config_hash(cfg))
+    out = _scores_path(cfg, name, ckpt)
+    records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out)
+    print(f"scored {len(records)} codes with {ckpt} -> {out}: {summarize(records)}")
+
+
+def cmd_submit(cfg: dict, args) -> None:
+    from .files import read_jsonl
+    from .submission import SubmissionError, write_submission
+    codes, name = arch_list(cfg, args.arch_list)
+    ckpt = _checkpoint(cfg, args.checkpoint)
+    scores = _scores_path(cfg, name, ckpt)
+    if not scores.exists():
+        raise SubmissionError(f"{scores}: no scores for this list and checkpoint; run `score` first")
+    accs = {r["key"]: r["acc"] for r in read_jsonl(scores)}
+    out = Path(args.out) if args.out else Path(cfg["submit"]["dir"]) / f"{cfg['run']['name']}.json"
+    write_submission(out, codes, accs)
+    print(f"wrote {out} ({len(codes)} architectures)")
+
+
+def cmd_validate(cfg: dict, args) -> None:
+    from .submission import validate_submission
+    path = args.arch_list or cfg["score"]["arch_list"]
+    if not path:
+        raise ConfigError("validate needs the architecture list: --arch-list FILE or -o score.arch_list=FILE")
+    n = validate_submission(args.submission, path)
+    print(f"{args.submission}: valid ({n} architectures)")
+
+
+def cmd_proxies(cfg: dict, args) -> None:
+    from . import proxies
+    from .files import write_json
+    from .train import build_space
+    codes, name = arch_list(cfg, args.arch_list)
+    space = build_space(cfg)
+    p = cfg["proxies"]
+    out = run_dir(cfg) / "proxies" / f"{name}@{args.proxy}.jsonl"
+    records = proxies.score_list(args.proxy, codes, space, proxies.proxy_batch(cfg), out,
+                                 seed=int(p["seed"]), repeats=int(p["repeats"]),
+                                 act=cfg["space"]["act"])
+    final = out.with_suffix(".json")
+    write_json(final, proxies.to_official_json(records, codes))
+    print(f"{args.proxy} scores of {len(records)} codes -> {final}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.override)
+        _set_threads(cfg)
+        globals()[f"cmd_{args.command}"](cfg, args)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # known user-facing errors become one line; anything else is a bug
+        if not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_user_error(e: Exception) -> bool:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .space import CodeError
+    from .submission import SubmissionError
+    return isinstance(e, (ConfigError, CheckpointError, DataError, CodeError, SubmissionError))

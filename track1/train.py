@@ -1,0 +1,295 @@
+"""Supernet training: the sandwich / SPOS step with optional ranking distillation, and its loop.
+
+The train command takes a config and nothing else: no ground-truth accuracies reach this module,
+so stand-alone results can never become a training signal (a competition rule).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import config_hash, run_dir
+from .data import TrainData, calibration_batches, validation_batches
+from .losses import label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .sampling import MarginSampler, step_subnets
+from .scoring import score_widths
+from .space import Arch, SearchSpace, Widths
+from .supernet import SuperNet
+
+
+def build_space(cfg: dict) -> SearchSpace:
+    s = cfg["space"]
+    return SearchSpace(width_mult=float(s["width_mult"]), resolution=int(s["resolution"]),
+                       num_classes=int(s["num_classes"]))
+
+
+def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
+    """The supernet, initialised from the run seed. The name guard gives the parameters the same
+    global names in every process, which the optimizer state is keyed by."""
+    space = build_space(cfg)
+    paddle.seed(int(cfg["run"]["seed"]))
+    with paddle.utils.unique_name.guard():
+        model = SuperNet(space, act=cfg["space"]["act"])
+    return space, model
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up from 0, then cosine decay to min_ratio, as a multiple of the base lr."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(cfg: dict, model: SuperNet, total_steps: int, steps_per_epoch: int):
+    t = cfg["train"]
+    base_lr = float(t["lr"])
+    warmup = int(round(float(t["warmup_epochs"]) * steps_per_epoch))
+    min_ratio = float(t["min_lr"]) / base_lr if base_lr else 0.0
+    scheduler = paddle.optimizer.lr.LambdaDecay(
+        base_lr, lambda s: lr_factor(s, warmup, total_steps, min_ratio))
+    wd = float(t["weight_decay"])
+    if t["no_decay_bn_bias"]:
+        # 1-D parameters are BN scales/shifts, biases and PReLU slopes.
+        decay = [p for p in model.parameters() if len(p.shape) > 1]
+        no_decay = [p for p in model.parameters() if len(p.shape) <= 1]
+        params = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        params = [{"params": model.parameters(), "weight_decay": wd}]
+    clip = paddle.nn.ClipGradByValue(float(t["grad_clip"])) if t["grad_clip"] else None
+    if t["optimizer"] == "momentum":
+        opt = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=float(t["momentum"]),
+                                        parameters=params, use_nesterov=bool(t["nesterov"]),
+                                        grad_clip=clip)
+    elif t["optimizer"] == "adamw":
+        opt = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params, grad_clip=clip)
+    else:
+        raise ValueError(f"unknown optimizer {t['optimizer']!r}: expected momentum or adamw")
+    _create_all_accumulators(opt, model)
+    return opt, scheduler
+
+
+def _create_all_accumulators(opt, model) -> None:
+    """Give every parameter its optimizer state now rather than at its first gradient.
+
+    Paddle creates an accumulator when a parameter first gets a gradient, and after loading a
+    state dict it refuses to create one the dict does not hold. A subnet-sampling supernet leaves
+    some parameters (e.g. unused projections) without gradients for many steps, so a checkpoint
+    written early would not load. Created up front (zero, as they would be lazily), every
+    accumulator is in every checkpoint. Paddle has no public call for this.
+    """
+    block = paddle.static.default_main_program().global_block()
+    opt._create_accumulators(block, [p for p in model.parameters() if not p.stop_gradient])
+
+
+class Teacher:
+    """Zero-cost proxy scores of subnets, cached per distinct network (higher = better)."""
+
+    def __init__(self, cfg: dict, space: SearchSpace):
+        self.name, self.space, self.cfg = cfg["train"]["ranking"]["teacher"], space, cfg
+        self.cache: dict[Widths, float] = {}
+        self.batch = None
+
+    def __call__(self, widths: Widths) -> float:
+        if widths not in self.cache:
+            if self.name == "flops":
+                self.cache[widths] = float(self.space.flops(widths))
+            elif self.name == "params":
+                self.cache[widths] = float(self.space.params(widths))
+            else:
+                from . import proxies  # costly proxies only when configured
+                if self.batch is None:
+                    self.batch = proxies.proxy_batch(self.cfg)
+                p = self.cfg["proxies"]
+                self.cache[widths] = proxies.compute(
+                    self.name, widths, self.space, self.batch, seed=int(p["seed"]),
+                    act=self.cfg["space"]["act"], repeats=int(p["repeats"]))
+        return self.cache[widths]
+
+
+def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y, cfg: dict,
+               pairs: list[tuple[Arch, Arch, float]] = (), teacher: Teacher | None = None,
+               lam: float = 0.0) -> dict:
+    """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log.
+
+    The first subnet learns from the labels; in the sandwich rule it is the largest and every
+    other subnet distils from its detached softmax (in-place distillation). Each ranking pair is
+    (a sandwich random subnet, its margin-sampled partner); the partner distils too, and the pair
+    adds lambda * rank_loss on their label losses, ordered by the teacher.
+    """
+    t, r = cfg["train"], cfg["train"]["ranking"]
+    losses: dict[str, list] = {}
+    label_losses: dict[Arch, paddle.Tensor] = {}
+    total, soft_target = 0.0, None
+
+    def run(role: str, arch: Arch) -> paddle.Tensor:
+        nonlocal total, soft_target
+        logits = model(x, space.widths(arch))
+        if soft_target is None:
+            loss = label_loss(logits, y, float(t["label_smoothing"]))
+            soft_target = F.softmax(logits.detach(), axis=-1)
+        else:
+            loss = soft_cross_entropy(logits, soft_target)
+        total = total + loss
+        losses.setdefault(role, []).append(loss.item())
+        return logits
+
+    logits_of = {}
+    for role, arch in subnets:
+        logits_of[arch] = run(role, arch)
+    scalars = {}
+    if pairs:
+        rank_terms, agree = [], 0
+        for a, b, dist in pairs:
+            if b not in logits_of:
+                logits_of[b] = run("partner", b)
+            for arch in (a, b):
+                if arch not in label_losses:
+                    label_losses[arch] = label_loss(logits_of[arch], y)
+            za, zb = teacher(space.widths(a)), teacher(space.widths(b))
+            margin = float(r["margin"]) + float(r["margin_per_distance"]) * max(
+                0.0, dist - float(r["threshold"]))
+            rank_terms.append(rank_loss(label_losses[a], label_losses[b], za, zb, r["loss"], margin))
+            agree += int((za > zb) == (label_losses[a].item() < label_losses[b].item()))
+        rl = paddle.add_n(rank_terms) / len(rank_terms)
+        total = total + lam * rl
+        scalars.update({"rank/loss": rl.item(), "rank/lambda": lam, "rank/agree": agree / len(pairs)})
+    total.backward()
+    for role, vals in losses.items():
+        scalars[f"loss/{role}"] = float(np.mean(vals))
+    scalars["loss/total"] = total.item()
+    return scalars
+
+
+def _is_distributed() -> bool:
+    return paddle.distributed.get_world_size() > 1
+
+
+def train(cfg: dict, resume: bool = False, progress: bool = True) -> Path:
+    """Train the supernet of cfg; returns the final checkpoint directory."""
+    # Optimizer accumulators get global names when first used; a fresh name scope makes them the
+    # same in every process and every call, so a saved optimizer state always loads.
+    with paddle.utils.unique_name.guard():
+        return _train(cfg, resume, progress)
+
+
+def _train(cfg: dict, resume: bool, progress: bool) -> Path:
+    out = run_dir(cfg)
+    t, r = cfg["train"], cfg["train"]["ranking"]
+    seed, chash = int(cfg["run"]["seed"]), config_hash(cfg)
+    rank, world = 0, 1
+    if _is_distributed():
+        paddle.distributed.init_parallel_env()
+        rank, world = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
+    is_main = rank == 0
+
+    space, model = build_supernet(cfg)
+    data = TrainData(cfg, rank=rank, world_size=world)
+    spe, epochs = data.steps_per_epoch, int(t["epochs"])
+    schedule_steps = spe * epochs
+    stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
+    opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
+
+    step = 0
+    last = checkpoint.latest(out)
+    if last is not None:
+        if not resume:
+            raise checkpoint.CheckpointError(
+                f"{last}: run '{cfg['run']['name']}' already has checkpoints; pass --resume to "
+                f"continue it or set run.name to start another")
+        meta = checkpoint.load_weights(last, model, expect_hash=chash)
+        state = checkpoint.load_state(last)
+        opt.set_state_dict(state["optimizer"])
+        scheduler.set_state_dict(state["scheduler"])
+        step = int(meta["step"])
+        if is_main:
+            print(f"resumed from {last} at step {step}/{stop_at}")
+    if step >= stop_at:
+        return last
+
+    net = paddle.DataParallel(model, find_unused_parameters=True) if world > 1 else model
+    writer = None
+    if is_main and t["visualdl"]:
+        from visualdl import LogWriter
+        writer = LogWriter(logdir=str(out / "vdl"))
+    sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
+                            float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
+    teacher = Teacher(cfg, space) if r["enabled"] else None
+    eval_sets = _eval_sets(cfg)
+
+    def save(tag: str) -> Path | None:
+        if not is_main:
+            return None
+        state = {"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}
+        meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
+                "finished": step >= stop_at}
+        path = checkpoint.save(out, tag, model, state, meta)
+        checkpoint.prune(out, keep={tag})
+        return path
+
+    bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not (progress and is_main),
+               mininterval=1.0, dynamic_ncols=True)
+    final = None
+    while step < stop_at:
+        epoch, start = divmod(step, spe)
+        for x, y in data.batches(epoch, start_step=start):
+            tic = time.perf_counter()
+            model.train()
+            subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
+            pairs, lam = [], 0.0
+            if sampler is not None:
+                firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
+                pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, seed, step))]
+                lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
+            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam)
+            opt.step()
+            # None, not zero: a parameter this step's subnets did not use must not be updated by
+            # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
+            opt.clear_grad(set_to_zero=False)
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if is_main and step % int(t["log_every"]) == 0:
+                scalars["lr"] = opt.get_lr()
+                scalars["throughput/images_per_s"] = x.shape[0] * world / (time.perf_counter() - tic)
+                if sampler is not None:
+                    scalars["rank/acceptance"] = sampler.acceptance_rate
+                bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.4f}")
+                if writer:
+                    for k, v in scalars.items():
+                        writer.add_scalar(k, v, step)
+            if step >= stop_at:
+                break
+            if step % spe and step % int(t["save_every_steps"]) == 0:
+                save(f"step_{step:07d}")
+        if step % spe == 0:
+            if is_main:
+                top1 = {role: score_widths(model, space.widths(arch), *eval_sets)[0]
+                        for role, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
+                bar.write(f"epoch {step // spe} step {step}: val top-1 largest {top1['largest']:.4f}"
+                          f" smallest {top1['smallest']:.4f}")
+                if writer:
+                    for role, v in top1.items():
+                        writer.add_scalar(f"val/top1_{role}", v, step)
+            final = save(f"epoch_{step // spe:03d}")
+        else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
+            final = save(f"step_{step:07d}")
+    bar.close()
+    if writer:
+        writer.close()
+    return final if final is not None else checkpoint.latest(out)
+
+
+def _eval_sets(cfg: dict) -> tuple[list, list]:
+    """Calibration and validation batches for the epoch-end check of largest and smallest."""
+    s = dict(cfg["score"])
+    s["val_images"] = int(cfg["train"]["eval_images"])
+    c = {**cfg, "score": s}
+    return calibration_batches(c), validation_batches(c)
