@@ -1,0 +1,108 @@
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from track1.cli import main
+from track1.submission import demo_arch_list, write_arch_list
+
+from conftest import REPO
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def test_unknown_config_key_is_one_line_error(capsys):
+    code, err = _run(capsys, "prepare", "-o", "train.epochz=3")
+    assert code == 2 and err == "error: override 'train.epochz=3': unknown key 'train.epochz'"
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, err = _run(capsys, "prepare", "-c", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "nope.yaml: config file not found" in err
+
+
+def test_malformed_arch_list_names_file_and_key(capsys, tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text(json.dumps({"arch1": {"acc": 0.0, "arch": "1252"}}))
+    code, err = _run(capsys, "score", "-o", f"run.output_dir={tmp_path}", "--arch-list", str(bad))
+    assert code == 2 and "list.json" in err and "arch1" in err and "4 characters" in err
+
+
+def test_missing_image_folder_is_one_line_error(capsys, tmp_path):
+    code, err = _run(capsys, "prepare", "-o", "data.name=folder", "-o", f"data.root={tmp_path / 'imagenet'}")
+    assert code == 2 and err.startswith("error: ") and "imagenet" in err
+
+
+def test_score_without_checkpoint(capsys, tmp_path):
+    codes = tmp_path / "list.json"
+    write_arch_list(codes, demo_arch_list(3, 0))
+    code, err = _run(capsys, "score", "-o", f"run.output_dir={tmp_path}", "--arch-list", str(codes))
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_validate_reports_changed_code(capsys, tmp_path):
+    arch = demo_arch_list(4, 0)
+    listed = tmp_path / "list.json"
+    write_arch_list(listed, arch)
+    sub = json.loads(listed.read_text())
+    sub["arch3"]["arch"] = arch["arch2"]
+    (tmp_path / "sub.json").write_text(json.dumps(sub))
+    code, err = _run(capsys, "validate", str(tmp_path / "sub.json"), "--arch-list", str(listed))
+    assert code == 2 and "sub.json" in err and "arch3" in err
+    sub["arch3"]["arch"] = arch["arch3"]
+    (tmp_path / "sub.json").write_text(json.dumps(sub))
+    assert main(["validate", str(tmp_path / "sub.json"), "--arch-list", str(listed)]) == 0
+
+
+def _run_sh(tmp_path, *args, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(["bash", str(REPO / "run.sh"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=170)
+
+
+def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
+    """The whole pipeline on a tiny config: an interrupted train stage resumes, finished stages skip."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"_base_: {REPO / 'configs' / 'default.yaml'}\n"
+                   f"run: {{name: e2e, output_dir: {tmp_path / 'out'}}}\n"
+                   "space: {width_mult: 0.125}\n"
+                   "data: {train_size: 320, batch_size: 32}\n"
+                   "train: {epochs: 2, log_every: 5, save_every_steps: 4, eval_images: 200}\n"
+                   "score: {calib_images: 64, calib_batch: 32, val_images: 200, eval_batch: 100}\n"
+                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
+    arch = tmp_path / "list.json"
+    write_arch_list(arch, demo_arch_list(20, 5))
+    # An interrupted training run (stopped after 6 of 20 steps) that run.sh must resume.
+    part = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "track1", "train", "-c", str(cfg),
+                           "-o", "train.max_steps=6"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert part.returncode == 0, part.stderr[-2000:]
+    first = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "resumed from" in first.stdout and "step_0000006" in first.stdout
+    sub = tmp_path / "submit" / "e2e.json"
+    data = json.loads(sub.read_text())
+    assert list(data) == [f"arch{i}" for i in range(1, 21)]
+    assert all(0.0 <= v["acc"] <= 1.0 for v in data.values())
+    assert len({v["acc"] for v in data.values()}) > 1  # the supernet tells architectures apart
+    for stage in ("prepare", "train", "score", "submit"):
+        assert (tmp_path / "out" / "e2e" / "stages" / f"{stage}.done").exists()
+    again = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    assert again.returncode == 0
+    assert all(f"{s}: done earlier" in again.stdout for s in ("prepare", "train", "score", "submit"))
+    check = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "track1", "validate", str(sub),
+                            "--arch-list", str(arch)], cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_run_sh_rejects_bad_arguments(tmp_path):
+    bad = _run_sh(tmp_path, "--from", "nowhere")
+    assert bad.returncode == 2 and "--from must be one of" in bad.stderr
+    missing = _run_sh(tmp_path, env_extra={"ARCH_LIST": str(tmp_path / "none.json")})
+    assert missing.returncode == 2 and "none.json" in missing.stderr

@@ -1,0 +1,79 @@
+import numpy as np
+import paddle
+import pytest
+
+from track1.files import read_jsonl
+from track1.scoring import calibrate_bn, evaluate, score_list
+from track1.space import SearchSpace
+from track1.submission import demo_arch_list
+from track1.supernet import SuperNet
+
+SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
+
+
+@pytest.fixture
+def net():
+    paddle.seed(0)
+    return SuperNet(SPACE)
+
+
+def _batches(n, size, seed):
+    rng = np.random.default_rng(seed)
+    return [paddle.to_tensor(rng.normal(size=(size, 3, 32, 32)).astype("float32")) for _ in range(n)]
+
+
+def test_calibration_is_the_exact_average_of_batch_statistics(net):
+    widths = SPACE.widths(SPACE.smallest())
+    batches = _batches(3, 8, 0)
+    net.stem_bn._mean.set_value(paddle.full_like(net.stem_bn._mean, 7.0))  # stale statistics
+    calibrate_bn(net, widths, batches)
+    c = widths.stem
+    # The stem BN sees the stem conv's output; its per-batch channel means, averaged.
+    means = [net.stem_conv(x, c).numpy().mean(axis=(0, 2, 3)) for x in batches]
+    np.testing.assert_allclose(net.stem_bn._mean.numpy()[:c], np.mean(means, axis=0), rtol=1e-4, atol=1e-6)
+    assert net.stem_bn._mean.numpy()[c:].tolist() == [7.0] * (net.stem_bn.num_features - c)
+    assert all(bn.momentum == 0.9 for bn in net.bn_layers()) and not net.training
+
+
+def test_evaluate_counts_top1_and_loss(net):
+    widths = SPACE.widths(SPACE.largest())
+    x = _batches(1, 6, 1)[0]
+    calibrate_bn(net, widths, [x])  # keeps the logits in a range where CE is not clipped
+    logits = net(x, widths).numpy()
+    y = paddle.to_tensor(np.array([logits[i].argmax() if i < 4 else (logits[i].argmax() + 1) % 10
+                                   for i in range(6)], dtype="int64"))
+    acc, loss = evaluate(net, widths, [(x, y)])
+    assert acc == pytest.approx(4 / 6)
+    lg = logits - logits.max(1, keepdims=True)
+    ce = -(lg[np.arange(6), y.numpy()] - np.log(np.exp(lg).sum(1))).mean()
+    assert loss == pytest.approx(ce, rel=1e-5)
+
+
+def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch):
+    codes = demo_arch_list(6, seed=1)
+    codes["twin"] = codes["arch1"][:6] + codes["arch1"][6:].replace("2", "1", 1)  # may be equal widths
+    calib, val = _batches(2, 4, 2), [(x, paddle.zeros([4], dtype="int64")) for x in _batches(1, 4, 3)]
+    out = tmp_path / "scores.jsonl"
+    full = score_list(net, SPACE, codes, calib, val, tmp_path / "full.jsonl", progress=False)
+
+    import track1.scoring as scoring
+    real, calls = scoring.score_widths, []
+
+    def dying(*a):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a)
+    monkeypatch.setattr(scoring, "score_widths", dying)
+    with pytest.raises(KeyboardInterrupt):
+        score_list(net, SPACE, codes, calib, val, out, progress=False)
+    with open(out, "a") as f:
+        f.write('{"key": "arch9", "co')  # torn line of a killed write
+    monkeypatch.setattr(scoring, "score_widths", real)
+    resumed = score_list(net, SPACE, codes, calib, val, out, progress=False)
+    keys = [r["key"] for r in read_jsonl(out)]
+    assert sorted(keys) == sorted(codes) and len(keys) == len(set(keys))
+    for k in codes:
+        assert resumed[k]["acc"] == full[k]["acc"] and resumed[k]["loss"] == pytest.approx(full[k]["loss"], rel=1e-6)
+    if SPACE.widths(codes["twin"]) == SPACE.widths(codes["arch1"]):
+        assert full["twin"]["loss"] == full["arch1"]["loss"]
