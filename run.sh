@@ -57,10 +57,11 @@ print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"
 
 NPROC=${NPROC:-1}
-launch() {  # run a track1 command, under paddle.distributed.launch when NPROC > 1
-  if [ "$NPROC" -gt 1 ] && [ "$1" = train ]; then
-    "$PY" -m paddle.distributed.launch --nproc_per_node "$NPROC" --log_dir "$RUN_DIR/launch_log" \
-      -m track1 "$@"
+launch() {  # train and score run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
+  if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = score ]; }; then
+    # LAUNCH_ARGS passes more launcher options, e.g. "--nnodes 2 --ips 10.0.0.1,10.0.0.2".
+    "$PY" -m paddle.distributed.launch --nproc_per_node "$NPROC" ${LAUNCH_ARGS:-} --log_dir "$RUN_DIR/launch_log/$1" \
+      tools/launch.py "$@"
   else
     "$PY" -m track1 "$@"
   fi

@@ -28,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     c = command("score", "score every code of an architecture list with the trained supernet")
     c.add_argument("--arch-list", default=None, help="official-format JSON (default: score.arch_list)")
     c.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
-    c = command("submit", "write submit/<run>.json from the scores")
+    c.add_argument("--shard", default=None, metavar="I/N",
+                   help="score only part I of N of the list (0-based); under paddle.distributed.launch "
+                        "each rank takes its own part by default")
+    c = command("submit", "write submit/<run>.json from the scores (all shards merged)")
     c.add_argument("--arch-list", default=None)
     c.add_argument("--checkpoint", default=None)
     c.add_argument("--out", default=None, help="output path (default: <submit.dir>/<run.name>.json)")
@@ -74,8 +77,28 @@ def _checkpoint(cfg: dict, given: str | None) -> Path:
     return last
 
 
-def _scores_path(cfg: dict, list_name: str, ckpt: Path) -> Path:
-    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}.jsonl"
+def _scores_path(cfg: dict, list_name: str, ckpt: Path, shard: tuple[int, int] = (0, 1)) -> Path:
+    suffix = f".shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
+    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}{suffix}.jsonl"
+
+
+def _shard(given: str | None) -> tuple[int, int]:
+    """(index, count) from --shard I/N, else from the launcher's rank and world size."""
+    if given:
+        try:
+            i, n = (int(v) for v in given.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard {given!r}: expected I/N, e.g. 0/4") from None
+        if not 0 <= i < n:
+            raise ConfigError(f"--shard {given!r}: I must be in 0..N-1")
+        return i, n
+    return int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
+
+
+def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
+    """Contiguous parts, so that each shard keeps what prefix sharing it can."""
+    n = len(keys)
+    return keys[index * n // count:(index + 1) * n // count]
 
 
 def cmd_prepare(cfg: dict, args) -> None:
@@ -86,7 +109,8 @@ def cmd_prepare(cfg: dict, args) -> None:
 def cmd_train(cfg: dict, args) -> None:
     from .train import train
     final = train(cfg, resume=args.resume, progress=True)
-    print(f"trained: {final}")
+    if final is not None:  # None on the ranks other than 0 of a distributed run
+        print(f"trained: {final}")
 
 
 def cmd_score(cfg: dict, args) -> None:
@@ -99,7 +123,9 @@ def cmd_score(cfg: dict, args) -> None:
     ckpt = _checkpoint(cfg, args.checkpoint)
     space, model = build_supernet(cfg)
     load_weights(ckpt, model, expect_hash=config_hash(cfg))
-    out = _scores_path(cfg, name, ckpt)
+    shard = _shard(args.shard)
+    codes = {k: codes[k] for k in shard_keys(list(codes), *shard)}
+    out = _scores_path(cfg, name, ckpt, shard)
     records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out)
     print(f"scored {len(records)} codes with {ckpt} -> {out}: {summarize(records)}")
 
@@ -109,10 +135,12 @@ def cmd_submit(cfg: dict, args) -> None:
     from .submission import SubmissionError, write_submission
     codes, name = arch_list(cfg, args.arch_list)
     ckpt = _checkpoint(cfg, args.checkpoint)
-    scores = _scores_path(cfg, name, ckpt)
-    if not scores.exists():
-        raise SubmissionError(f"{scores}: no scores for this list and checkpoint; run `score` first")
-    accs = {r["key"]: r["acc"] for r in read_jsonl(scores)}
+    unsharded = _scores_path(cfg, name, ckpt)
+    files = [unsharded] + sorted(unsharded.parent.glob(f"{name}@{ckpt.name}.shard*of*.jsonl"))
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise SubmissionError(f"{unsharded}: no scores for this list and checkpoint; run `score` first")
+    accs = {r["key"]: r["acc"] for f in files for r in read_jsonl(f)}
     out = Path(args.out) if args.out else Path(cfg["submit"]["dir"]) / f"{cfg['run']['name']}.json"
     write_submission(out, codes, accs)
     print(f"wrote {out} ({len(codes)} architectures)")

@@ -1,6 +1,8 @@
 """The ResNet48 supernet, the plain static ResNet of one subnet, and export from one to the other."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -48,7 +50,13 @@ class SuperNet(nn.Layer):
             self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
 
-    def forward(self, x: paddle.Tensor, widths: Widths) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, widths: Widths | Sequence[Widths]):
+        """Logits of one subnet, or a list of logits for a list of subnets on the same input.
+
+        Several subnets in one call let paddle.DataParallel see a single forward per backward.
+        """
+        if not isinstance(widths, Widths):
+            return [self.forward(x, w) for w in widths]
         x = F.relu(self.stem_bn(self.stem_conv(x, widths.stem)))
         x = F.max_pool2d(x, 3, 2, 1)
         for stage, pairs in enumerate(widths.blocks):

@@ -123,36 +123,30 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     other subnet distils from its detached softmax (in-place distillation). Each ranking pair is
     (a sandwich random subnet, its margin-sampled partner); the partner distils too, and the pair
     adds lambda * rank_loss on their label losses, ordered by the teacher.
+    All subnets go through one forward call, so that paddle.DataParallel sees one forward per
+    backward.
     """
     t, r = cfg["train"], cfg["train"]["ranking"]
+    roles = list(subnets) + [("partner", b) for _, b, _ in pairs]
+    logits = model(x, [space.widths(arch) for _, arch in roles])
     losses: dict[str, list] = {}
-    label_losses: dict[Arch, paddle.Tensor] = {}
+    logits_of: dict[Arch, paddle.Tensor] = {}
     total, soft_target = 0.0, None
-
-    def run(role: str, arch: Arch) -> paddle.Tensor:
-        nonlocal total, soft_target
-        logits = model(x, space.widths(arch))
+    for (role, arch), out in zip(roles, logits):
         if soft_target is None:
-            loss = label_loss(logits, y, float(t["label_smoothing"]))
-            soft_target = F.softmax(logits.detach(), axis=-1)
+            loss = label_loss(out, y, float(t["label_smoothing"]))
+            soft_target = F.softmax(out.detach(), axis=-1)
         else:
-            loss = soft_cross_entropy(logits, soft_target)
+            loss = soft_cross_entropy(out, soft_target)
         total = total + loss
         losses.setdefault(role, []).append(loss.item())
-        return logits
-
-    logits_of = {}
-    for role, arch in subnets:
-        logits_of[arch] = run(role, arch)
+        logits_of.setdefault(arch, out)
     scalars = {}
     if pairs:
         rank_terms, agree = [], 0
+        label_losses = {arch: label_loss(logits_of[arch], y)
+                        for arch in {a for p in pairs for a in p[:2]}}
         for a, b, dist in pairs:
-            if b not in logits_of:
-                logits_of[b] = run("partner", b)
-            for arch in (a, b):
-                if arch not in label_losses:
-                    label_losses[arch] = label_loss(logits_of[arch], y)
             za, zb = teacher(space.widths(a)), teacher(space.widths(b))
             margin = float(r["margin"]) + float(r["margin_per_distance"]) * max(
                 0.0, dist - float(r["threshold"]))
@@ -225,6 +219,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     eval_sets = _eval_sets(cfg)
 
     def save(tag: str) -> Path | None:
+        if world > 1:
+            _check_ranks_agree(model)
         if not is_main:
             return None
         state = {"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}
@@ -285,6 +281,18 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     if writer:
         writer.close()
     return final if final is not None else checkpoint.latest(out)
+
+
+def _check_ranks_agree(model: SuperNet) -> None:
+    """Stop if the ranks' weights differ: a silent drift (e.g. ranks sampling different subnets)
+    would otherwise train several diverging supernets and save only one of them."""
+    digest = paddle.stack([paddle.stack([w.astype("float64").sum(), w.astype("float64").abs().sum()])
+                           for w in model.parameters()])
+    gathered: list = []
+    paddle.distributed.all_gather(gathered, digest)
+    if any(not bool((g == gathered[0]).all().item()) for g in gathered[1:]):
+        raise RuntimeError("distributed ranks hold different supernet weights; every rank must "
+                           "sample the same subnets with the same seed")
 
 
 def _eval_sets(cfg: dict) -> tuple[list, list]:

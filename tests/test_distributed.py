@@ -1,0 +1,68 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+
+from track1.cli import main
+
+from conftest import REPO, tiny_config
+
+TINY_KEYS = ["run.output_dir", "run.name", "space.width_mult", "data.train_size", "data.batch_size",
+             "data.root", "train.epochs", "score.calib_images", "score.calib_batch",
+             "score.val_images", "score.eval_batch"]
+
+
+def _get(cfg, dotted):
+    for k in dotted.split("."):
+        cfg = cfg[k]
+    return cfg
+
+
+def test_two_ranks_under_paddle_launch_train_identical_weights(tmp_path):
+    overrides = [f"run.output_dir={tmp_path}", "run.name=dist", "space.width_mult=0.125",
+                 "data.train_size=256", "data.batch_size=16", "train.epochs=1", "train.max_steps=5",
+                 "train.eval_images=64", "score.calib_images=32", "score.calib_batch=32",
+                 "data.root=" + str(REPO / "data" / "fashion-mnist")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                          "--log_dir", str(tmp_path / "log"), str(REPO / "tests" / "dist_worker.py"),
+                          str(tmp_path), *overrides], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=240)
+    logs = "".join((tmp_path / "log" / f"workerlog.{r}").read_text()[-1500:] for r in range(2)
+                   if (tmp_path / "log" / f"workerlog.{r}").exists())
+    assert run.returncode == 0, logs
+    # Both ranks trained and passed the weight-agreement check at the checkpoint ...
+    assert (tmp_path / "trained.0").exists() and (tmp_path / "trained.1").exists()
+    # ... which does catch one rank whose weights moved.
+    assert (tmp_path / "drift_caught.0").exists() and (tmp_path / "drift_caught.1").exists()
+    # Only rank 0 wrote the checkpoint, and it is a 5-step one.
+    ckpts = sorted(p.name for p in (tmp_path / "dist" / "checkpoints").iterdir() if p.is_dir())
+    assert ckpts == ["step_0000005"]
+
+
+def test_sharded_scoring_equals_unsharded(tmp_path, capsys):
+    from track1.submission import demo_arch_list, write_arch_list
+    from track1.train import train
+    cfg = tiny_config(tmp_path, "train.max_steps=3")
+    train(cfg, progress=False)
+    cfg_args = [a for key in TINY_KEYS for a in ("-o", f"{key}={_get(cfg, key)}")]
+    listed = tmp_path / "list.json"
+    write_arch_list(listed, demo_arch_list(9, 3))
+    assert main(["score", *cfg_args, "--arch-list", str(listed)]) == 0
+    for i in range(2):
+        assert main(["score", *cfg_args, "--arch-list", str(listed), "--shard", f"{i}/2"]) == 0
+    from track1.files import read_jsonl
+    scores = tmp_path / "tiny" / "scores"
+    whole = {r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / "list@step_0000003.jsonl")}
+    parts = [{r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / f"list@step_0000003.shard{i}of2.jsonl")}
+             for i in range(2)]
+    assert len(parts[0]) == 4 and len(parts[1]) == 5 and not parts[0].keys() & parts[1].keys()
+    assert {**parts[0], **parts[1]} == whole
+    # submit merges the shards (and the unsharded file); a missing shard is refused by name.
+    (scores / "list@step_0000003.jsonl").unlink()
+    assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 0
+    (scores / "list@step_0000003.shard1of2.jsonl").unlink()
+    assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 2
+    assert "5 keys missing" in capsys.readouterr().err
