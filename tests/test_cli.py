@@ -106,3 +106,20 @@ def test_run_sh_rejects_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "--from must be one of" in bad.stderr
     missing = _run_sh(tmp_path, env_extra={"ARCH_LIST": str(tmp_path / "none.json")})
     assert missing.returncode == 2 and "none.json" in missing.stderr
+
+
+def test_proxies_command_writes_official_shape_and_resumes(capsys, tmp_path):
+    listed = tmp_path / "list.json"
+    arch = demo_arch_list(5, 2)
+    write_arch_list(listed, arch)
+    args = ["proxies", "--proxy", "synflow", "--arch-list", str(listed), "-o", f"run.output_dir={tmp_path}",
+            "-o", "run.name=px", "-o", "space.width_mult=0.125"]
+    assert main(args) == 0
+    out = tmp_path / "px" / "proxies" / "list@synflow.json"
+    scores = json.loads(out.read_text())
+    assert list(scores) == list(arch) and [v["arch"] for v in scores.values()] == list(arch.values())
+    assert all(v["acc"] > 0 and v["seconds"] >= 0 for v in scores.values())
+    log = tmp_path / "px" / "proxies" / "list@synflow.jsonl"
+    lines = log.read_text().splitlines()
+    assert main(args) == 0  # a second run finds everything done and appends nothing
+    assert log.read_text().splitlines() == lines

@@ -94,3 +94,30 @@ def test_rank_weight_schedules():
     assert rank_weight(5, 50, "linear", 2.0, 10) == 0.5
     assert rank_weight(40, 50, "linear", 2.0, 10) == 2.0
     assert rank_weight(25, 50, "sin", 2.0, 10) == pytest.approx(2 * np.sin(0.4 * np.pi))
+
+
+def test_ranking_distillation_step_adds_partner_and_rank_loss(tmp_path):
+    from track1.sampling import MarginSampler, step_subnets
+    from track1.train import Teacher, train_step
+    cfg = tiny_config(tmp_path, "train.ranking.enabled=true", "train.ranking.threshold=20")
+    space, model = build_supernet(cfg)
+    x = paddle.randn([8, 3, 32, 32])
+    y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
+    subnets = step_subnets(space, "sandwich", 2, seed=0, step=0)
+    firsts = [a for role, a in subnets if role == "random"]
+    partners = MarginSampler(space, threshold=20).partners(firsts, seed=0, step=0)
+    pairs = [(a, b, d) for a, (b, d) in zip(firsts, partners)]
+    teacher = Teacher(cfg, space)
+    grads = []
+    for lam in (0.0, 1.0):
+        model.clear_gradients()
+        scalars = train_step(model, space, subnets, x, y, cfg, pairs, teacher, lam)
+        grads.append(model.stem_conv.weight.grad.numpy().copy())
+    assert {"loss/largest", "loss/smallest", "loss/random", "loss/partner", "rank/loss",
+            "rank/agree", "rank/lambda"} <= scalars.keys()
+    assert 0.0 <= scalars["rank/agree"] <= 1.0 and scalars["rank/lambda"] == 1.0
+    assert teacher.cache[space.widths(firsts[0])] == space.flops(firsts[0])
+    if scalars["rank/loss"] > 0:  # a disagreeing pair: the rank loss moves the gradient
+        assert not np.array_equal(grads[0], grads[1])
+    else:
+        np.testing.assert_array_equal(grads[0], grads[1])
