@@ -6,6 +6,25 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 
+def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
+    """t[:sizes[0], :sizes[1], ...], differentiable, through paddle.split (forward: a copy or view).
+
+    The backward of split is a concat (plus zero blocks for the unused parts), which is several
+    times cheaper on CPU than the backward of slicing (t[:a, :b] / paddle.slice / strided_slice:
+    a zero tensor of the full shape plus a strided or Eigen-padded copy; about 1.1 ms against
+    0.07 ms for a [128, 128, 3, 3] weight cut to [90, 90], Paddle 3.3.1 with the stride kernel on).
+    Axes whose size is already full are left alone (no op at all). Double backward works too.
+    """
+    shape = t.shape
+    for axis, n in enumerate(sizes):
+        full = shape[axis]
+        if n < full:
+            t = paddle.split(t, [n, full - n], axis=axis)[0]
+        elif n > full:
+            raise ValueError(f"leading slice of size {n} on axis {axis} of a tensor of shape {shape}")
+    return t
+
+
 class DynamicConv2D(nn.Layer):
     """A bias-free conv whose subnet uses weight[:out, :in] (input channels come from the input)."""
 
@@ -20,15 +39,12 @@ class DynamicConv2D(nn.Layer):
 
     def forward(self, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
         in_channels = x.shape[1]
-        weight = self.weight
-        # Slicing costs a scatter in backward, so skip it when the full weight is used.
-        if out_channels != self.out_channels or in_channels != self.in_channels:
-            weight = weight[:out_channels, :in_channels]
+        weight = leading(self.weight, (out_channels, in_channels))
         return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
 
 
 class DynamicBatchNorm2D(nn.Layer):
-    """BatchNorm over the leading channels; running statistics update in place through the slice.
+    """BatchNorm over the leading channels; running statistics of those channels only are updated.
 
     `momentum` is an attribute (not a constant) so that BN re-calibration can turn the running
     statistics into an exact cumulative average by setting it per batch.
@@ -45,12 +61,21 @@ class DynamicBatchNorm2D(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         c = x.shape[1]
-        params = (self._mean, self._variance, self.weight, self.bias)
-        if c != self.num_features:
-            params = tuple(p[:c] for p in params)
-        mean, var, weight, bias = params
-        return F.batch_norm(x, mean, var, weight, bias, training=self.training,
-                            momentum=self.momentum, epsilon=self.epsilon)
+        if c == self.num_features:
+            return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias,
+                                training=self.training, momentum=self.momentum,
+                                epsilon=self.epsilon)
+        # batch_norm updates mean/var in place; with Paddle's stride kernel (the default) these
+        # leading slices are views, so the update lands in the buffers. Without it
+        # (FLAGS_use_stride_kernel=0) slices are copies: write the update back explicitly.
+        mean, var = self._mean[:c], self._variance[:c]
+        out = F.batch_norm(x, mean, var, leading(self.weight, (c,)), leading(self.bias, (c,)),
+                           training=self.training, momentum=self.momentum, epsilon=self.epsilon)
+        if self.training and not mean._is_shared_buffer_with(self._mean):
+            with paddle.no_grad():
+                self._mean[:c] = mean
+                self._variance[:c] = var
+        return out
 
 
 class DynamicLinear(nn.Layer):
@@ -65,7 +90,7 @@ class DynamicLinear(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         c = x.shape[1]
-        weight = self.weight if c == self.in_features else self.weight[:c]
+        weight = leading(self.weight, (c,))
         return F.linear(x, weight, self.bias)
 
 

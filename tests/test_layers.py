@@ -1,0 +1,212 @@
+"""The dynamic layers: leading-slice semantics, gradients, BN statistics, supernet == static net."""
+import contextlib
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+import paddle.nn as nn  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
+import pytest  # noqa: E402
+
+from track1.layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, leading  # noqa: E402
+from track1.space import SearchSpace  # noqa: E402
+from track1.supernet import SuperNet  # noqa: E402
+
+SPACE = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
+
+
+@contextlib.contextmanager
+def stride_kernel(on: bool):
+    """FLAGS_use_stride_kernel=0 makes slices copies: the BN statistics must still update."""
+    old = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
+    paddle.set_flags({"FLAGS_use_stride_kernel": on})
+    try:
+        yield
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": old})
+
+
+def _rand(*shape, seed=0):
+    return paddle.to_tensor(np.random.default_rng(seed).standard_normal(shape).astype("float32"))
+
+
+def test_leading_is_the_leading_slice():
+    t = _rand(6, 5, 3, 3)
+    for sizes in [(6, 5), (4, 5), (6, 2), (3, 1), (1,), (2, 5, 3, 1)]:
+        expect = t.numpy()[tuple(slice(0, n) for n in sizes)]
+        np.testing.assert_array_equal(leading(t, sizes).numpy(), expect)
+
+
+@pytest.mark.parametrize("out_c,in_c,stride,padding", [(8, 6, 1, 1), (5, 3, 2, 1), (8, 6, 2, 0), (3, 2, 1, 1)])
+def test_conv_equals_conv2d_with_sliced_weight(out_c, in_c, stride, padding):
+    paddle.seed(0)
+    k = 3 if padding else 1
+    conv = DynamicConv2D(6, 8, k, stride, padding)
+    x = _rand(2, in_c, 7, 7)
+    expect = F.conv2d(x, paddle.to_tensor(conv.weight.numpy()[:out_c, :in_c]), stride=stride,
+                      padding=padding)
+    got = conv(x, out_c)
+    assert got.shape == [2, out_c] + expect.shape[2:]
+    np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride_on", [True, False])
+def test_conv_gradient_lands_only_in_used_slice(stride_on):
+    with stride_kernel(stride_on):
+        paddle.seed(0)
+        conv = DynamicConv2D(6, 8, 3, 1, 1)
+        x = _rand(2, 4, 5, 5)
+        x.stop_gradient = False
+        conv(x, 5).sum().backward()
+        # Reference gradient: the same conv on a standalone copy of the used slice.
+        w = paddle.to_tensor(conv.weight.numpy()[:5, :4], stop_gradient=False)
+        x2 = paddle.to_tensor(x.numpy(), stop_gradient=False)
+        F.conv2d(x2, w, padding=1).sum().backward()
+        grad = conv.weight.grad.numpy()
+        assert grad.shape == (8, 6, 3, 3)
+        np.testing.assert_allclose(grad[:5, :4], w.grad.numpy(), rtol=1e-5, atol=1e-5)
+        assert np.all(grad[5:] == 0) and np.all(grad[:, 4:] == 0)
+        assert np.abs(grad[:5, :4]).sum() > 0
+        np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_full_width_conv_has_full_gradient():
+    conv = DynamicConv2D(3, 4, 3, 1, 1)
+    conv(_rand(2, 3, 5, 5), 4).sum().backward()
+    assert conv.weight.grad.shape == [4, 3, 3, 3] and np.all(conv.weight.grad.numpy() != 0)
+
+
+def test_linear_uses_leading_in_features_and_grads_only_there():
+    paddle.seed(0)
+    fc = DynamicLinear(8, 3)
+    x = _rand(4, 5)
+    y = fc(x)
+    np.testing.assert_allclose(y.numpy(), x.numpy() @ fc.weight.numpy()[:5] + fc.bias.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    y.sum().backward()
+    grad = fc.weight.grad.numpy()
+    np.testing.assert_allclose(grad[:5], np.repeat(x.numpy().sum(0)[:, None], 3, 1), rtol=1e-5)
+    assert np.all(grad[5:] == 0)
+
+
+def _bn_pair(c_max, c, momentum):
+    """A DynamicBatchNorm2D of c_max features with non-trivial state, and an nn.BatchNorm2D(c)
+    holding the leading c channels of that state."""
+    rng = np.random.default_rng(1)
+    dyn = DynamicBatchNorm2D(c_max)
+    for name in ("weight", "bias", "_mean"):
+        getattr(dyn, name).set_value(rng.standard_normal(c_max).astype("float32"))
+    dyn._variance.set_value(rng.uniform(0.5, 2, c_max).astype("float32"))
+    dyn.momentum = momentum
+    ref = nn.BatchNorm2D(c, momentum=momentum)
+    ref.set_state_dict({k: paddle.to_tensor(v.numpy()[:c]) for k, v in dyn.state_dict().items()})
+    return dyn, ref
+
+
+@pytest.mark.parametrize("stride_on", [True, False])
+@pytest.mark.parametrize("c", [5, 8])
+def test_bn_train_updates_only_leading_channels_like_batchnorm2d(stride_on, c):
+    with stride_kernel(stride_on):
+        dyn, ref = _bn_pair(8, c, momentum=0.7)
+        before = {k: v.numpy().copy() for k, v in dyn.state_dict().items()}
+        dyn.train(), ref.train()
+        x = _rand(4, c, 3, 3, seed=2) * 3 + 1
+        x.stop_gradient = False
+        x_ref = paddle.to_tensor(x.numpy(), stop_gradient=False)
+        out, out_ref = dyn(x), ref(x_ref)
+        np.testing.assert_allclose(out.numpy(), out_ref.numpy(), rtol=1e-5, atol=1e-5)
+        for name in ("_mean", "_variance"):
+            got = getattr(dyn, name).numpy()
+            np.testing.assert_allclose(got[:c], getattr(ref, name).numpy(), rtol=1e-6, atol=1e-6)
+            assert not np.allclose(got[:c], before[name][:c])  # it did move
+            np.testing.assert_array_equal(got[c:], before[name][c:])  # unused channels untouched
+        # Paddle keeps the biased batch variance: running = m * running + (1 - m) * var.
+        xb = x.numpy()
+        np.testing.assert_allclose(dyn._variance.numpy()[:c],
+                                   0.7 * before["_variance"][:c] + 0.3 * xb.var(axis=(0, 2, 3)),
+                                   rtol=1e-5)
+        (out * _rand(*out.shape, seed=3)).sum().backward()
+        (out_ref * _rand(*out.shape, seed=3)).sum().backward()
+        for name in ("weight", "bias"):
+            g = getattr(dyn, name).grad.numpy()
+            np.testing.assert_allclose(g[:c], getattr(ref, name).grad.numpy(), rtol=1e-5, atol=1e-5)
+            assert np.all(g[c:] == 0)
+        np.testing.assert_allclose(x.grad.numpy(), x_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bn_default_momentum_matches_batchnorm2d_default():
+    assert DynamicBatchNorm2D(4).momentum == nn.BatchNorm2D(4)._momentum == 0.9
+
+
+@pytest.mark.parametrize("c", [5, 8])
+def test_bn_eval_uses_running_stats_and_changes_nothing(c):
+    dyn, _ = _bn_pair(8, c, momentum=0.9)
+    dyn.eval()
+    before = {k: v.numpy().copy() for k, v in dyn.state_dict().items()}
+    x = _rand(3, c, 4, 4, seed=4)
+    s = before
+    expect = ((x.numpy() - s["_mean"][:c, None, None]) / np.sqrt(s["_variance"][:c, None, None] + 1e-5)
+              * s["weight"][:c, None, None] + s["bias"][:c, None, None])
+    np.testing.assert_allclose(dyn(x).numpy(), expect, rtol=1e-5, atol=1e-5)
+    for k, v in dyn.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k])
+
+
+@pytest.mark.parametrize("stride_on", [True, False])
+def test_bn_momentum_schedule_gives_cumulative_average(stride_on):
+    with stride_kernel(stride_on):
+        dyn, _ = _bn_pair(8, 6, momentum=0.9)
+        before = {k: v.numpy().copy() for k, v in dyn.state_dict().items()}
+        dyn.train()
+        means, variances = [], []
+        with paddle.no_grad():
+            for k in range(1, 6):
+                x = _rand(4, 6, 3, 3, seed=10 + k) * k + k
+                dyn.momentum = (k - 1) / k
+                dyn(x)
+                means.append(x.numpy().mean(axis=(0, 2, 3)))
+                variances.append(x.numpy().var(axis=(0, 2, 3)))
+        np.testing.assert_allclose(dyn._mean.numpy()[:6], np.mean(means, 0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dyn._variance.numpy()[:6], np.mean(variances, 0), rtol=1e-5)
+        np.testing.assert_array_equal(dyn._mean.numpy()[6:], before["_mean"][6:])
+        np.testing.assert_array_equal(dyn._variance.numpy()[6:], before["_variance"][6:])
+
+
+def _archs():
+    rng = np.random.default_rng(7)
+    return {"largest": SPACE.largest(), "smallest": SPACE.smallest(), "random": SPACE.sample(rng)}
+
+
+@pytest.mark.parametrize("name", ["largest", "smallest", "random"])
+def test_supernet_equals_exported_resnet(name):
+    paddle.seed(0)
+    net = SuperNet(SPACE)
+    widths = SPACE.widths(_archs()[name])
+    x = _rand(4, 3, 32, 32, seed=5)
+    static = net.export(widths)
+    net.eval(), static.eval()
+    np.testing.assert_allclose(net(x, widths).numpy(), static(x).numpy(), rtol=1e-5, atol=1e-5)
+
+    net.train(), static.train()
+    np.testing.assert_allclose(net(x, widths).numpy(), static(x).numpy(), rtol=1e-5, atol=1e-5)
+    # Both updated their running statistics identically: export again and compare every buffer.
+    own = net.state_dict()
+    for key, value in static.state_dict().items():
+        if key.endswith(("_mean", "_variance")):
+            n = value.shape[0]
+            np.testing.assert_allclose(own[key].numpy()[:n], value.numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=key)
+    # And the statistics moved away from their initial values (zeros / ones).
+    assert not np.allclose(own["stem_bn._mean"].numpy()[:widths.stem], 0)
+    # Eval after the update still agrees.
+    net.eval(), static.eval()
+    np.testing.assert_allclose(net(x, widths).numpy(), static(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_leading_rejects_sizes_beyond_the_max_width():
+    with pytest.raises(ValueError):
+        leading(_rand(4, 3), (5, 3))
+    with pytest.raises(ValueError):
+        DynamicConv2D(3, 4, 3, 1, 1)(_rand(1, 3, 5, 5), 6)
