@@ -15,6 +15,7 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
+from .cream import Cream, cream_loss
 from .config import config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
 from .losses import label_loss, rank_loss, rank_weight, soft_cross_entropy
@@ -116,7 +117,7 @@ class Teacher:
 
 def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y, cfg: dict,
                pairs: list[tuple[Arch, Arch, float]] = (), teacher: Teacher | None = None,
-               lam: float = 0.0) -> dict:
+               lam: float = 0.0, cream: Cream | None = None) -> dict:
     """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log.
 
     The first subnet learns from the labels; in the sandwich rule it is the largest and every
@@ -128,20 +129,39 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     """
     t, r = cfg["train"], cfg["train"]["ranking"]
     roles = list(subnets) + [("partner", b) for _, b, _ in pairs]
+    # Prioritized paths: the subnets of cream.roles learn from a board path (no-grad teacher
+    # forwards on the bare SuperNet, before the step's one forward) and are offered to the board.
+    students = [i for i, (role, _) in enumerate(subnets) if cream is not None and role in cream.roles]
+    plans = {}
+    if students:
+        base = getattr(model, "_layers", model)  # the SuperNet under paddle.DataParallel
+        plans = dict(zip(students, cream.plan(base, [subnets[i][1] for i in students], x)))
     logits = model(x, [space.widths(arch) for _, arch in roles])
     losses: dict[str, list] = {}
     logits_of: dict[Arch, paddle.Tensor] = {}
     total, soft_target = 0.0, None
-    for (role, arch), out in zip(roles, logits):
-        if soft_target is None:
+    for i, ((role, arch), out) in enumerate(zip(roles, logits)):
+        plan = plans.get(i)
+        if plan is not None:
+            loss = cream_loss(out, plan.teacher_probs, y, plan.rho, float(t["label_smoothing"]))
+        elif soft_target is None:
             loss = label_loss(out, y, float(t["label_smoothing"]))
             soft_target = F.softmax(out.detach(), axis=-1)
         else:
             loss = soft_cross_entropy(out, soft_target)
         total = total + loss
+        if i in plans:
+            cream.observe(arch, out, x, y)
         losses.setdefault(role, []).append(loss.item())
         logits_of.setdefault(arch, out)
     scalars = {}
+    if students:
+        used = [p for p in plans.values() if p is not None]
+        scalars["cream/taught"] = len(used) / len(students)
+        if used:
+            scalars["cream/rho"] = float(np.mean([p.rho for p in used]))
+            scalars["cream/teacher_rank"] = float(np.mean([p.rank for p in used]))
+        scalars.update(cream.scalars())
     if pairs:
         rank_terms, agree = [], 0
         label_losses = {arch: label_loss(logits_of[arch], y)
@@ -190,6 +210,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     schedule_steps = spe * epochs
     stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
+    cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
 
     step = 0
     last = checkpoint.latest(out)
@@ -202,6 +223,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         state = checkpoint.load_state(last)
         opt.set_state_dict(state["optimizer"])
         scheduler.set_state_dict(state["scheduler"])
+        if cream is not None:
+            cream.set_state_dict(state["cream"])
         step = int(meta["step"])
         if is_main:
             print(f"resumed from {last} at step {step}/{stop_at}")
@@ -224,6 +247,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         if not is_main:
             return None
         state = {"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}
+        if cream is not None:
+            state["cream"] = cream.state_dict()
         meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
                 "finished": step >= stop_at}
         path = checkpoint.save(out, tag, model, state, meta)
@@ -244,11 +269,18 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
                 pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, seed, step))]
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
-            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam)
+            active = cream if cream is not None and cream.active(step / spe) else None
+            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
             opt.step()
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
+            if cream is not None and cream.meta_due(step, step / spe):
+                # The matcher's look-ahead, on the bare SuperNet at this step's lr; it leaves the
+                # supernet's weights, BN statistics and gradients as they are.
+                student = next((a for role, a in subnets if role in cream.roles), None)
+                if student is not None:
+                    scalars.update(cream.meta_step(model, student, x, y, lr=opt.get_lr()))
             scheduler.step()
             step += 1
             bar.update(1)
