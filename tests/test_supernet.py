@@ -54,3 +54,14 @@ def test_gradients_reach_only_the_used_slice():
     g = net.stem_conv.weight.grad.numpy()
     assert np.abs(g[: widths.stem]).sum() > 0 and np.abs(g[widths.stem:]).sum() == 0
     assert net.stages[2][7].conv1.weight.grad is None or not net.stages[2][7].conv1.weight.grad.numpy().any()
+
+
+def test_zero_init_residual_makes_every_block_its_shortcut():
+    paddle.seed(0)
+    net = SuperNet(SPACE, zero_init_residual=True)
+    assert all(not b.bn2.weight.numpy().any() for stage in net.stages for b in stage)
+    assert net.stem_bn.weight.numpy().all()  # other BN scales keep their 1.0
+    # A stride-1 block whose input and output widths agree is then act(identity) = relu(x).
+    block, x = net.stages[0][1], paddle.rand([2, 8, 8, 8])
+    block.eval()
+    np.testing.assert_allclose(block(x, 8, 8).numpy(), x.numpy(), atol=1e-6)

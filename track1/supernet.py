@@ -36,7 +36,7 @@ class DynamicBlock(nn.Layer):
 class SuperNet(nn.Layer):
     """Max-width weights; forward(x, widths) runs the subnet those widths describe."""
 
-    def __init__(self, space: SearchSpace, act: str = "relu"):
+    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False):
         super().__init__()
         self.space, self.act_name = space, act
         self.max_widths = space.max_widths
@@ -49,6 +49,8 @@ class SuperNet(nn.Layer):
         for stage, _, c_in, mid, c_out, stride in block_plan(w):
             self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
+        if zero_init_residual:
+            zero_residual_branches(self)
 
     def forward(self, x: paddle.Tensor, widths: Widths | Sequence[Widths]):
         """Logits of one subnet, or a list of logits for a list of subnets on the same input.
@@ -125,3 +127,11 @@ class ResNet(nn.Layer):
             for block in stage:
                 x = block(x)
         return self.fc(self.avgpool(x).flatten(1))
+
+
+def zero_residual_branches(net: nn.Layer) -> None:
+    """Zero the last BN scale of every block, so each block starts as its shortcut: deep
+    networks then train from the first step like shallow ones (Goyal et al., BigNAS)."""
+    for layer in net.sublayers():
+        if isinstance(layer, (DynamicBlock, BasicBlock)):
+            layer.bn2.weight.set_value(paddle.zeros_like(layer.bn2.weight))

@@ -37,7 +37,8 @@ def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
     space = build_space(cfg)
     paddle.seed(int(cfg["run"]["seed"]))
     with paddle.utils.unique_name.guard():
-        model = SuperNet(space, act=cfg["space"]["act"])
+        model = SuperNet(space, act=cfg["space"]["act"],
+                         zero_init_residual=bool(cfg["train"]["zero_init_residual"]))
     return space, model
 
 
