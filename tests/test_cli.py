@@ -123,3 +123,21 @@ def test_proxies_command_writes_official_shape_and_resumes(capsys, tmp_path):
     lines = log.read_text().splitlines()
     assert main(args) == 0  # a second run finds everything done and appends nothing
     assert log.read_text().splitlines() == lines
+
+
+def test_evaluate_writes_metrics_and_refuses_other_codes(capsys, tmp_path):
+    arch = demo_arch_list(6, 4)
+    truth = {k: {"acc": 0.5 + 0.01 * i, "arch": c} for i, (k, c) in enumerate(arch.items())}
+    pred = {k: {"acc": 0.1 * i, "arch": c} for i, (k, c) in enumerate(arch.items())}
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--truth", str(tmp_path / "truth.json"),
+            "--plot", str(tmp_path / "p.png")]
+    assert main(args) == 0
+    m = json.loads((tmp_path / "pred_vs_truth.json").read_text())
+    assert m["kendall"] == pytest.approx(1.0) and m["n"] == 6 and m["top5"] == 1.0
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    del pred["arch2"]
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    code, err = _run(capsys, *args)
+    assert code == 2 and err.startswith("error: ") and arch["arch2"] in err

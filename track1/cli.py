@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .config import ConfigError, load_config, run_dir
 
-COMMANDS = ("prepare", "train", "score", "submit", "validate", "proxies")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     c = command("proxies", "zero-cost proxy scores of every code of a list")
     c.add_argument("--proxy", required=True, help="proxy name (flops, params, snip, synflow, zen, ...)")
     c.add_argument("--arch-list", default=None)
+    c = command("standalone", "ground truth: train codes of a list from scratch as plain networks "
+                              "(its results never reach `train`)")
+    c.add_argument("--arch-list", default=None,
+                   help="official-format JSON (default: score.arch_list, else the demo list); "
+                        "standalone.num_codes of its codes are taken, spread over the FLOPs range")
+    c.add_argument("--out", default=None,
+                   help="results log, .jsonl (default: <run.output_dir>/standalone/<list>@<recipe>.jsonl); "
+                        "the per-code mean over seeds goes next to it as .json")
+    c = command("evaluate", "ranking quality of predicted accuracies against ground truth")
+    c.add_argument("--pred", required=True, help="official-shape JSON: a submission, proxy scores, ...")
+    c.add_argument("--truth", required=True, help="official-shape JSON of true accuracies (standalone .json)")
+    c.add_argument("--out", default=None, help="metrics JSON (default: <pred>_vs_<truth>.json beside --pred)")
+    c.add_argument("--plot", default=None, help="also draw predicted vs true accuracy into this PNG")
+    c.add_argument("--subset", action="store_true",
+                   help="compare on the truth's codes when the predictions cover more (default: the two "
+                        "files must hold the same codes)")
     return p
 
 
@@ -171,6 +186,38 @@ def cmd_proxies(cfg: dict, args) -> None:
     print(f"{args.proxy} scores of {len(records)} codes -> {final}")
 
 
+def cmd_standalone(cfg: dict, args) -> None:
+    from .standalone import ceiling, recipe_hash, run_standalone, spread_codes
+    from .train import build_space
+    codes, name = arch_list(cfg, args.arch_list)
+    st = cfg["standalone"]
+    chosen = spread_codes(codes, build_space(cfg), int(st["num_codes"]))
+    seeds = [int(s) for s in st["seeds"]]
+    out = (Path(args.out) if args.out else
+           Path(cfg["run"]["output_dir"]) / "standalone" / f"{name}@{recipe_hash(cfg)}.jsonl")
+    summary = run_standalone(cfg, chosen, seeds, out)
+    print(f"stand-alone accuracy of {len(summary)} codes x {len(seeds)} seeds -> {out.with_suffix('.json')}")
+    if len(seeds) >= 2:
+        c = ceiling(summary)
+        print(f"seed-to-seed Kendall tau (a ceiling for any predictor): mean of half the seeds vs "
+              f"the other half {c['half_kendall']:.4f}, one seed vs another {c['pair_kendall']:.4f}")
+
+
+def cmd_evaluate(cfg: dict, args) -> None:
+    from .files import write_json
+    from .metrics import format_metrics, load_scores, plot, rank_metrics
+    pred_path, truth_path = Path(args.pred), Path(args.truth)
+    pred, truth = load_scores(pred_path), load_scores(truth_path)
+    m = rank_metrics(pred, truth, allow_extra=args.subset)
+    print(f"{pred_path} vs {truth_path}: {format_metrics(m)}")
+    out = Path(args.out) if args.out else pred_path.with_name(f"{pred_path.stem}_vs_{truth_path.stem}.json")
+    write_json(out, {"pred": str(pred_path), "truth": str(truth_path), **m}, indent=1)
+    print(f"metrics: {out}")
+    if args.plot:
+        plot(pred, truth, Path(args.plot), title=pred_path.stem, allow_extra=args.subset)
+        print(f"plot: {args.plot}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -191,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .metrics import CoverageError
     from .space import CodeError
+    from .standalone import StandaloneError
     from .submission import SubmissionError
-    return isinstance(e, (ConfigError, CheckpointError, DataError, CodeError, SubmissionError))
+    return isinstance(e, (ConfigError, CheckpointError, DataError, CodeError, SubmissionError,
+                          CoverageError, StandaloneError))
