@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Time `bash run.sh` end to end on a fresh clone (virtualenv, install, data, train, score, submit),
+# and report the default run's largest-subnet top-1 on the Fashion-MNIST test set.
+#
+#   bash benchmarks/bench_pipeline.sh [extra run.sh arguments]
+#
+# The clone goes to a temporary directory; the pip cache of this machine is used if present.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+git clone -q "$repo" "$work/track1"
+cd "$work/track1"
+start=$(date +%s)
+bash run.sh "$@" 2>&1 | tr '\r' '\n' | grep -v -i -E "warn|^\s*$|it/s\]$|step/s\]$|arch/s\]$" | tee "$work/log" | grep -E "^\[run.sh\]|epoch|scored|wrote" || true
+end=$(date +%s)
+echo
+echo "machine: $(nproc) cores, $(python3 --version 2>&1), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "bash run.sh $*: $((end - start)) s wall, set-up included"
+grep -E "^epoch" "$work/log" | tail -1 | sed 's/^/final epoch-end check (full test set, BN re-calibrated): /'
+ls submit/*.json >/dev/null && .venv/bin/python -m track1 validate submit/*.json --arch-list output/*/demo_arch_list.json 2>/dev/null || true

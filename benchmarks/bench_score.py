@@ -1,0 +1,167 @@
+"""Time per-code scoring against prefix-shared (tree) scoring on the same codes.
+
+Per-code is scoring.score_widths for every distinct network (calibrate_bn + evaluate on the whole
+subnet, what score_list does); tree is prefix.score_tree (each distinct leading-layer prefix once,
+block convolutions as large matrix products). Space: the embedded default
+SearchSpace(width_mult=0.25, resolution=32, num_classes=10); calibration and evaluation sets as
+configs/default.yaml sizes them (score.calib_images in batches of score.calib_batch,
+score.val_images in batches of score.eval_batch), real Fashion-MNIST when data/fashion-mnist is
+there (else, or with --random-data, random tensors of the same sizes). Codes: a seeded random sample
+of N from the official list. The supernet is random-init unless --checkpoint names trained weights.
+
+    .venv/bin/python benchmarks/bench_score.py [--codes 300] [--threads 2] [--arch-list PATH]
+        [--modes per-code,tree] [--checkpoint PATH] [--random-data] [--seed 0]
+
+Modes: per-code, tree-ref (the trie walk with the supernet's own layers, F.conv2d: the gain of
+sharing alone), tree (score_tree's default, FastConv). Each runs once over all N codes after a
+short untimed warm-up, so the host's other load shows in the numbers: the load average is printed.
+The 45,000-code extrapolation scales the tree's time by prefix-shared multiply-adds (the full
+list shares more than a sample of it) and per-code's by the number of codes.
+
+The thread count must be known before paddle is imported (OMP/MKL read it at start-up), so this
+script sets OMP_NUM_THREADS / MKL_NUM_THREADS / FLAGS_paddle_num_threads first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = REPO.parent / "shared" / "data" / "CVPR_2022_NAS_Track1_test.json"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--codes", type=int, default=300, help="codes sampled from the list (default 300)")
+    p.add_argument("--arch-list", default=str(OFFICIAL), help="official-format JSON list")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="CPU threads for paddle/OpenMP/MKL (default: all cores)")
+    p.add_argument("--modes", default="per-code,tree", help="comma list of per-code, tree-ref, tree")
+    p.add_argument("--checkpoint", default="", help="supernet weights (default: random init)")
+    p.add_argument("--random-data", action="store_true", help="random tensors even if Fashion-MNIST is there")
+    p.add_argument("--seed", type=int, default=0, help="seed of the code sample and of random init/data")
+    p.add_argument("--warmup", type=int, default=3, help="untimed codes per mode first")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = max(1, args.threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FLAGS_paddle_num_threads"):
+        os.environ[var] = str(threads)
+    sys.path.insert(0, str(REPO))
+
+    import warnings
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import paddle
+
+    from track1.config import load_config
+    from track1.prefix import count_macs, score_tree
+    from track1.scoring import score_widths
+    from track1.space import SearchSpace
+    from track1.supernet import SuperNet
+
+    paddle.set_device("cpu")
+    if hasattr(paddle.base.core, "set_num_threads"):
+        paddle.base.core.set_num_threads(threads)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"per-code", "tree-ref", "tree"}
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}")
+
+    cfg = load_config(None, [f"data.root={REPO / 'data' / 'fashion-mnist'}"])
+    space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
+    paddle.seed(args.seed)
+    model = SuperNet(space)
+    if args.checkpoint:
+        from track1.checkpoint import load_weights
+        load_weights(Path(args.checkpoint), model)
+    model.eval()
+
+    s = cfg["score"]
+    fmnist = REPO / "data" / "fashion-mnist"
+    if not args.random_data and (fmnist / "train-images-idx3-ubyte.gz").exists():
+        from track1.data import calibration_batches, validation_batches
+        calib, val = calibration_batches(cfg), validation_batches(cfg)
+        data = f"Fashion-MNIST ({fmnist.relative_to(REPO)})"
+    else:
+        rng = np.random.default_rng(args.seed)
+
+        def batches(n, b):
+            return [min(b, n - i) for i in range(0, n, b)]
+        calib = [paddle.to_tensor(rng.standard_normal((b, 3, 32, 32)).astype("float32"))
+                 for b in batches(s["calib_images"], s["calib_batch"])]
+        val = [(paddle.to_tensor(rng.standard_normal((b, 3, 32, 32)).astype("float32")),
+                paddle.to_tensor(rng.integers(0, 10, b).astype("int64")))
+               for b in batches(s["val_images"], s["eval_batch"])]
+        data = "random tensors"
+
+    all_codes = [v["arch"] for v in json.loads(Path(args.arch_list).read_text()).values()]
+    sample = [all_codes[i] for i in
+              sorted(np.random.default_rng(args.seed).choice(len(all_codes), args.codes, replace=False))]
+    widths = list(dict.fromkeys(space.widths(c) for c in sample))
+    all_widths = [space.widths(c) for c in all_codes]
+    pc_n, sh_n = count_macs(space, widths)
+    pc_all, sh_all = count_macs(space, all_widths)
+    n_img = sum(int(x.shape[0]) for x in calib) + sum(int(y.shape[0]) for _, y in val)
+
+    cmd = " ".join([os.path.relpath(sys.executable, Path.cwd()), *sys.argv])
+    print(f"command: {cmd}")
+    print(f"threads: {threads}, paddle {paddle.__version__}, cpu_count {os.cpu_count()}, "
+          f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"space: width_mult 0.25, resolution 32, 10 classes; supernet: "
+          f"{args.checkpoint or 'random init'}; data: {data}")
+    print(f"calibration: {len(calib)} batches, {[int(x.shape[0]) for x in calib]} images; "
+          f"evaluation: {len(val)} batches, {[int(y.shape[0]) for _, y in val]} images")
+    print(f"codes: {len(sample)} sampled (seed {args.seed}) from {args.arch_list} "
+          f"({len(all_codes)} codes), {len(widths)} distinct networks")
+    print(f"MAC ratio per-code / prefix-shared: sample {pc_n / sh_n:.3f} "
+          f"({pc_n / 1e9:.2f} / {sh_n / 1e9:.2f} GMAC per image), full list {pc_all / sh_all:.3f} "
+          f"({pc_all / 1e9:.1f} / {sh_all / 1e9:.1f} GMAC per image)")
+
+    def run(mode, ws):
+        if mode == "per-code":
+            return {w: score_widths(model, w, calib, val) for w in ws}
+        return {w: (a, l) for w, a, l in score_tree(model, ws, calib, val, fast=(mode == "tree"))}
+
+    rows, results = [], {}
+    for mode in modes:
+        run(mode, widths[:args.warmup])
+        t0 = time.perf_counter()
+        results[mode] = run(mode, widths)
+        rows.append((mode, time.perf_counter() - t0))
+
+    per_code_sec = dict(rows).get("per-code")
+    print()
+    print(f"| mode | codes | seconds | codes/s | speed-up vs per-code | GMAC/s (useful) "
+          f"| 45,000 codes (extrapolated) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for mode, sec in rows:
+        macs = (pc_n if mode == "per-code" else sh_n) * n_img
+        if mode == "per-code":
+            full = sec / len(widths) * len(all_codes)
+        else:
+            full = sec * sh_all / sh_n
+        speed = f"{per_code_sec / sec:.2f}x" if per_code_sec else "-"
+        print(f"| {mode} | {len(widths)} | {sec:.1f} | {len(widths) / sec:.2f} | {speed} "
+              f"| {macs / sec / 1e9:.2f} | {full / 60:.0f} min ({full / 3600:.2f} h) |")
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+    ref = results.get("per-code")
+    for mode in modes:
+        if mode == "per-code" or ref is None:
+            continue
+        got = results[mode]
+        acc = max(abs(got[w][0] - ref[w][0]) for w in widths)
+        loss = max(abs(got[w][1] - ref[w][1]) / abs(ref[w][1]) for w in widths)
+        print(f"{mode} vs per-code: max |d top-1| {acc:.2e}, max relative |d loss| {loss:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

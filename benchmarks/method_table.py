@@ -1,0 +1,113 @@
+"""The method table: how well each zero-cost proxy and each supernet method ranks the benchmark codes.
+
+    .venv/bin/python benchmarks/method_table.py --truth benchmarks/ground_truth/fmnist.json \
+        [--seeds 0 1] [--methods spos sandwich rdnas] [-o train.epochs=2 ...]
+
+Every supernet is trained and scored by the pipeline's own commands (`train`, `score`), with the
+same data, epochs and seed set for every method; the truth file is read only here, after training,
+to compute the metrics (`evaluate`), never by `train`. `rdnas` runs with the FLOPs teacher and with
+the proxy that agrees best with the truth (choosing a teacher by looking at the truth is
+hyperparameter selection, which the competition rules allow). Writes docs/RESULTS.md and the plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from track1.metrics import load_scores, plot, rank_metrics  # noqa: E402
+
+PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
+
+
+def run(*args: str) -> None:
+    cmd = [sys.executable, "-m", "track1", *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--truth", required=True, help="official-shape JSON of stand-alone accuracies")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=["spos", "sandwich", "rdnas"])
+    p.add_argument("--proxies", nargs="+", default=PROXIES)
+    p.add_argument("--out-dir", default="output/method_table")
+    p.add_argument("--results", default="docs/RESULTS.md")
+    p.add_argument("-o", "--override", action="append", default=[], help="override for every run")
+    args = p.parse_args()
+
+    truth = load_scores(args.truth)
+    out = REPO / args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    arch_file = out / "benchmark_codes.json"  # the truth's codes, with no accuracies in it
+    arch_file.write_text(json.dumps({f"arch{i + 1}": {"acc": 0.0, "arch": c} for i, c in enumerate(truth)}))
+    common = ["-o", f"run.output_dir={out}", *[a for o in args.override for a in ("-o", o)]]
+    rows, plots = [], []
+
+    # Zero-cost proxies: one score per code at initialisation.
+    proxy_tau = {}
+    for name in args.proxies:
+        start = time.time()
+        run("proxies", "--proxy", name, "--arch-list", str(arch_file), *common, "-o", "run.name=proxies")
+        pred_file = out / "proxies" / "proxies" / f"benchmark_codes@{name}.json"
+        m = rank_metrics(load_scores(pred_file), truth)
+        proxy_tau[name] = m["kendall"]
+        rows.append((f"proxy: {name}", [m], time.time() - start))
+
+    best_proxy = max((n for n in proxy_tau if n != "flops"), key=lambda n: proxy_tau[n])
+    methods = []
+    for method in args.methods:
+        if method == "rdnas":
+            methods += [("rdnas (flops teacher)", "rdnas", []),
+                        (f"rdnas ({best_proxy} teacher)", "rdnas", ["-o", f"train.ranking.teacher={best_proxy}"])]
+        else:
+            methods.append((method, method, []))
+
+    for label, preset, extra in methods:
+        metrics, seconds = [], []
+        for seed in args.seeds:
+            name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
+            cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}", *extra]
+            start = time.time()
+            run("train", *cfg, "--resume")
+            seconds.append(time.time() - start)
+            run("score", *cfg, "--arch-list", str(arch_file))
+            run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
+            pred = load_scores(out / f"{name}.json")
+            metrics.append(rank_metrics(pred, truth))
+            png = REPO / "docs" / "plots" / f"{name}.png"
+            plot(pred, truth, png, title=f"{label}, seed {seed}")
+            plots.append(png)
+        rows.append((label, metrics, float(np.mean(seconds))))
+
+    lines = ["# Ranking quality on the embedded default", "",
+             f"Truth: `{args.truth}` ({len(truth)} codes). Seeds: {args.seeds}. "
+             f"Overrides: {args.override or 'none'}. Produced by:", "",
+             f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
+             "| method | Kendall | Spearman | Pearson | top-5 overlap | train time (s) |",
+             "|---|---|---|---|---|---|"]
+    for label, ms, secs in rows:
+        cell = lambda k: (f"{np.mean([m[k] for m in ms]):.3f}" +
+                          (f" ± {np.std([m[k] for m in ms]):.3f}" if len(ms) > 1 else ""))
+        lines.append(f"| {label} | {cell('kendall')} | {cell('spearman')} | {cell('pearson')} | "
+                     f"{cell('top5')} | {secs:.0f} |")
+    lines += ["", "Plots: " + ", ".join(f"[{p.stem}](plots/{p.name})" for p in plots), ""]
+    results = REPO / args.results
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    main()
