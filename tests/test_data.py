@@ -216,7 +216,7 @@ def test_train_batches_follow_the_epoch_permutation(tmp_path):
 
 def test_same_seed_same_batches_other_epoch_other_order(tmp_path):
     write_fake_fmnist(tmp_path)
-    cfg = fmnist_cfg(tmp_path)
+    cfg = fmnist_cfg(tmp_path, "data.augment=true")
     a = [x.numpy() for x, _ in data.TrainData(cfg).batches(0)]
     b = [x.numpy() for x, _ in data.TrainData(cfg).batches(0)]
     c = [x.numpy() for x, _ in data.TrainData(cfg).batches(1)]
@@ -243,7 +243,7 @@ def test_augmentation_crop_and_flip():
 def test_augmented_batches_differ_from_plain(tmp_path):
     write_fake_fmnist(tmp_path)
     plain = next(data.TrainData(fmnist_cfg(tmp_path, "data.augment=false")).batches(0))[0].numpy()
-    aug = next(data.TrainData(fmnist_cfg(tmp_path)).batches(0))[0].numpy()
+    aug = next(data.TrainData(fmnist_cfg(tmp_path, "data.augment=true")).batches(0))[0].numpy()
     assert plain.shape == aug.shape and not np.array_equal(plain, aug)
     # Same images (the centre survives any crop of pad 4), different pixels near the border.
     np.testing.assert_allclose(aug[:, :, 16, 16], plain[:, :, 16, 16])
@@ -251,7 +251,7 @@ def test_augmented_batches_differ_from_plain(tmp_path):
 
 def test_resume_equals_the_tail_of_a_full_pass(tmp_path):
     write_fake_fmnist(tmp_path)
-    td = data.TrainData(fmnist_cfg(tmp_path))
+    td = data.TrainData(fmnist_cfg(tmp_path, "data.augment=true"))
     full = [(x.numpy(), y.numpy()) for x, y in td.batches(3)]
     tail = [(x.numpy(), y.numpy()) for x, y in td.batches(3, start_step=5)]
     assert len(tail) == len(full) - 5
@@ -261,8 +261,8 @@ def test_resume_equals_the_tail_of_a_full_pass(tmp_path):
 
 def test_rank_slices_concatenate_to_the_single_rank_batch(tmp_path):
     write_fake_fmnist(tmp_path)
-    single = data.TrainData(fmnist_cfg(tmp_path, "data.batch_size=16"))
-    ranks = [data.TrainData(fmnist_cfg(tmp_path), rank=r, world_size=2) for r in (0, 1)]
+    single = data.TrainData(fmnist_cfg(tmp_path, "data.batch_size=16", "data.augment=true"))
+    ranks = [data.TrainData(fmnist_cfg(tmp_path, "data.augment=true"), rank=r, world_size=2) for r in (0, 1)]
     assert ranks[0].steps_per_epoch == single.steps_per_epoch == N_TRAIN // 16
     for (sx, sy), (ax, ay), (bx, by) in zip(single.batches(1), ranks[0].batches(1), ranks[1].batches(1)):
         assert ax.shape == [8, 3, 32, 32]

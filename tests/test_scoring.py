@@ -54,7 +54,11 @@ def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch
     codes["twin"] = codes["arch1"][:6] + codes["arch1"][6:].replace("2", "1", 1)  # may be equal widths
     calib, val = _batches(2, 4, 2), [(x, paddle.zeros([4], dtype="int64")) for x in _batches(1, 4, 3)]
     out = tmp_path / "scores.jsonl"
-    full = score_list(net, SPACE, codes, calib, val, tmp_path / "full.jsonl", progress=False)
+    full = score_list(net, SPACE, codes, calib, val, tmp_path / "full.jsonl", progress=False, mode="per_code")
+    tree = score_list(net, SPACE, codes, calib, val, tmp_path / "tree.jsonl", progress=False, mode="tree")
+    for k in codes:
+        assert tree[k]["acc"] == full[k]["acc"]
+        assert tree[k]["loss"] == pytest.approx(full[k]["loss"], rel=1e-4, abs=1e-6)
 
     import track1.scoring as scoring
     real, calls = scoring.score_widths, []
@@ -66,11 +70,11 @@ def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch
         return real(*a)
     monkeypatch.setattr(scoring, "score_widths", dying)
     with pytest.raises(KeyboardInterrupt):
-        score_list(net, SPACE, codes, calib, val, out, progress=False)
+        score_list(net, SPACE, codes, calib, val, out, progress=False, mode="per_code")
     with open(out, "a") as f:
         f.write('{"key": "arch9", "co')  # torn line of a killed write
     monkeypatch.setattr(scoring, "score_widths", real)
-    resumed = score_list(net, SPACE, codes, calib, val, out, progress=False)
+    resumed = score_list(net, SPACE, codes, calib, val, out, progress=False, mode="per_code")
     keys = [r["key"] for r in read_jsonl(out)]
     assert sorted(keys) == sorted(codes) and len(keys) == len(set(keys))
     for k in codes:

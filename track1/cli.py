@@ -141,7 +141,8 @@ def cmd_score(cfg: dict, args) -> None:
     shard = _shard(args.shard)
     codes = {k: codes[k] for k in shard_keys(list(codes), *shard)}
     out = _scores_path(cfg, name, ckpt, shard)
-    records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out)
+    records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out,
+                         mode=cfg["score"]["mode"])
     print(f"scored {len(records)} codes with {ckpt} -> {out}: {summarize(records)}")
 
 

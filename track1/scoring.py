@@ -56,39 +56,54 @@ def score_widths(model: SuperNet, widths: Widths, calib: list, val: list) -> tup
 
 
 def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib: list, val: list,
-               results_path: Path, progress: bool = True) -> dict[str, dict]:
+               results_path: Path, progress: bool = True, mode: str = "tree") -> dict[str, dict]:
     """Score every key of an architecture list, appending results to results_path as they come.
 
+    mode "tree" shares the work of common leading layers between subnets (track1.prefix);
+    "per_code" calibrates and evaluates each network on its own (the reference it must equal).
     A killed run resumes where it stopped: keys already in the file are not scored again, and
-    codes that build the same network (equal widths) are evaluated once.
+    codes that build the same network (equal widths) are evaluated once. "seconds" is the time a
+    network took, on the first of its keys (0 on the others).
     """
     repair_jsonl(results_path)
     done = {r["key"]: r for r in read_jsonl(results_path)}
-    by_widths: dict[Widths, dict] = {space.widths(r["code"]): r for r in done.values()}
-    todo = [k for k in codes if k not in done]
-    pending: list[dict] = []
-    last_flush = time.monotonic()
-    bar = tqdm(todo, desc="score", unit="arch", disable=not progress, mininterval=1.0,
-               initial=len(done), total=len(codes))
-    for key in bar:
-        code = codes[key]
-        widths = space.widths(code)
-        start = time.perf_counter()
-        if widths in by_widths:
-            acc, loss = by_widths[widths]["acc"], by_widths[widths]["loss"]
-        else:
-            acc, loss = score_widths(model, widths, calib, val)
-        record = {"key": key, "code": code, "acc": acc, "loss": loss,
-                  "seconds": round(time.perf_counter() - start, 4)}
-        by_widths[widths] = record
-        done[key] = record
-        pending.append(record)
+    known = {space.widths(r["code"]): (r["acc"], r["loss"]) for r in done.values()}
+    todo: dict[Widths, list[str]] = {}
+    for key, code in codes.items():
+        if key not in done:
+            todo.setdefault(space.widths(code), []).append(key)
+    pending = []  # keys whose network an earlier run already scored under another key
+    for w in [w for w in todo if w in known]:
+        pending += [_record(k, codes[k], *known[w], 0.0) for k in todo.pop(w)]
+    if mode == "tree":
+        from .prefix import score_tree
+        results = score_tree(model, list(todo), calib, val)
+    elif mode == "per_code":
+        results = ((w, *score_widths(model, w, calib, val)) for w in todo)
+    else:
+        raise ValueError(f"unknown scoring mode {mode!r}: expected tree or per_code")
+    bar = tqdm(total=len(codes), initial=len(codes) - sum(map(len, todo.values())), desc="score",
+               unit="arch", disable=not progress, mininterval=1.0)
+    last_flush = tick = time.monotonic()
+    for widths, acc, loss in results:
+        now = time.monotonic()
+        keys = todo[widths]
+        pending += [_record(k, codes[k], acc, loss, now - tick if i == 0 else 0.0) for i, k in enumerate(keys)]
+        tick = now
+        bar.update(len(keys))
         # Flush about once a second: nothing older than that is lost when the process is killed.
-        if time.monotonic() - last_flush > 1.0:
+        if now - last_flush > 1.0:
             append_jsonl(results_path, pending)
-            pending, last_flush = [], time.monotonic()
+            done.update((r["key"], r) for r in pending)
+            pending, last_flush = [], now
     append_jsonl(results_path, pending)
+    done.update((r["key"], r) for r in pending)
+    bar.close()
     return {k: done[k] for k in codes}
+
+
+def _record(key: str, code: str, acc: float, loss: float, seconds: float) -> dict:
+    return {"key": key, "code": code, "acc": acc, "loss": loss, "seconds": round(seconds, 4)}
 
 
 def summarize(records: dict[str, dict]) -> dict:

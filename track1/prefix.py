@@ -1,0 +1,397 @@
+"""Prefix-shared scoring: evaluate a list of subnets as a tree over their leading layers.
+
+BN statistics and activations at a layer depend only on the layers before it: in calibration
+(train mode) every BN normalises with the statistics of its own batch, so the activations that
+reach layer l do not depend on any running statistics, and once layer l's running statistics are
+the average over the calibration batches its evaluation-mode outputs are fixed too. Two subnets
+that share their first layers (same stem width, same first blocks) therefore share the
+calibration and evaluation activations of those layers, and `score_tree` computes each distinct
+prefix once.
+
+A subnet is the layer sequence
+
+    ("stem", stem width), then per block in order (stage, index in stage, mid, out)
+
+(input width and stride follow from the prefix), followed by the head (average pool + fc). The
+sequences of a list form a trie; `score_tree` walks it depth-first, children in sorted order, and
+at each node runs that one layer
+
+  1. in train mode on each calibration activation of the parent, with BN momentum (k-1)/k for
+     batch k, so the layer's running statistics become the exact average of its batch statistics
+     (as `scoring.calibrate_bn` makes them), keeping the outputs as this node's calibration
+     activations;
+  2. then in eval mode on the parent's evaluation activations.
+
+Where a subnet ends, the head turns the evaluation activations into top-1 and mean cross-entropy
+as `scoring.evaluate` does. Siblings later overwrite the shared BN buffers, which is harmless: a
+node's outputs are computed before the walk descends. Only the activations along the current path
+are held.
+
+Two engines run a layer. `_LayerEngine` (fast=False) calls the supernet's own layers batch by
+batch, exactly the operations of calibrate_bn and evaluate. `_FastEngine` (fast=True, the default)
+stacks all calibration and evaluation images into one tensor, computes block convolutions with
+`FastConv` (large matrix products instead of Paddle's per-image CPU conv kernel; 3-12x faster on
+the 4x4..1x1 maps where most of a list's work is) and runs F.batch_norm part by part with the same
+momentum rule into per-layer running statistics of its own. Both agree with per-code scoring to
+float rounding (tests/test_prefix.py).
+
+`count_macs` gives the multiply-adds of per-code and of prefix-shared evaluation (SearchSpace.flops'
+convention); on the official list at width 1.0 / 224 px the ratio is 1.876.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out
+from .supernet import SuperNet
+
+
+def layer_sequence(widths: Widths) -> tuple[tuple, ...]:
+    """The trie path of a subnet: ("stem", w) then (stage, index, mid, out) per block."""
+    seq: list[tuple] = [("stem", widths.stem)]
+    for stage, pairs in enumerate(widths.blocks):
+        for i, (mid, out) in enumerate(pairs):
+            seq.append((stage, i, mid, out))
+    return tuple(seq)
+
+
+class _Node:
+    __slots__ = ("children", "ends")
+
+    def __init__(self) -> None:
+        self.children: dict[tuple, _Node] = {}
+        self.ends: list[Widths] = []
+
+
+def build_trie(widths_list: Sequence[Widths]) -> _Node:
+    """The trie of the distinct Widths' layer sequences (duplicates end at the same node once)."""
+    root, seen = _Node(), set()
+    for w in widths_list:
+        if w in seen:
+            continue
+        seen.add(w)
+        node = root
+        for key in layer_sequence(w):
+            node = node.children.setdefault(key, _Node())
+        node.ends.append(w)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# Multiply-adds
+
+def _layer_macs(space: SearchSpace, key: tuple, c_in: int, h: int) -> tuple[int, int, int]:
+    """(multiply-adds, out channels, out size) of one layer, SearchSpace.flops' convention."""
+    if key[0] == "stem":
+        stem = key[1]
+        ho = _conv_out(h, 7, 2, 3)
+        macs = stem * ho * ho * space.in_channels * 49 + 2 * stem * ho * ho
+        return macs, stem, _conv_out(ho, 3, 2, 1)  # max pool: zero FLOPs
+    stage, i, mid, out = key
+    stride = STAGE_STRIDES[stage] if i == 0 else 1
+    ho = _conv_out(h, 3, stride, 1)
+    area = ho * ho
+    macs = mid * area * c_in * 9 + 2 * mid * area + out * area * mid * 9 + 2 * out * area
+    if stride != 1 or c_in != out:
+        macs += out * area * c_in + 2 * out * area
+    return macs, out, ho
+
+
+def _head_macs(space: SearchSpace, c: int, h: int) -> int:
+    return (h * h + 1) * c + c * space.num_classes
+
+
+def _part(key: tuple) -> str:
+    return "stem" if key[0] == "stem" else f"stage{key[0] + 1}"
+
+
+def shared_macs_by_part(space: SearchSpace, widths_list: Sequence[Widths]) -> dict[str, int]:
+    """Prefix-shared multiply-adds of one image split into stem, stage1..stage4 and head."""
+    parts = {"stem": 0, **{f"stage{s + 1}": 0 for s in range(len(STAGE_STRIDES))}, "head": 0}
+    stack = [(build_trie(widths_list), space.in_channels, space.resolution)]
+    while stack:
+        node, c, h = stack.pop()
+        parts["head"] += len(node.ends) * _head_macs(space, c, h)
+        for key, child in node.children.items():
+            macs, c2, h2 = _layer_macs(space, key, c, h)
+            parts[_part(key)] += macs
+            stack.append((child, c2, h2))
+    return parts
+
+
+def count_macs(space: SearchSpace, widths_list: Sequence[Widths]) -> tuple[int, int]:
+    """(per-code, prefix-shared) multiply-adds of one image's forward pass through every subnet.
+
+    Both count each distinct Widths once (score_list scores equal networks once too): per-code
+    sums SearchSpace.flops over them; prefix-shared counts every trie node's layer once plus one
+    head (pool + fc) per subnet. Calibration and evaluation run the same forward passes, so the
+    ratio holds for the whole of scoring; multiply by the number of images for totals.
+    """
+    per_code = sum(space.flops(w) for w in dict.fromkeys(widths_list))
+    return int(per_code), int(sum(shared_macs_by_part(space, widths_list).values()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolution as large matrix products
+
+class FastConv:
+    """conv2d with a DynamicConv2D's leading weights, computed as one large matrix product.
+
+    Paddle 3.3's CPU conv2d does an im2col and a small GEMM per image, which on the 4x4 .. 1x1
+    feature maps of a 32x32 supernet is far from what one large GEMM reaches (1,000 images, one
+    thread: 3x3 64->64 on 2x2 maps 45 ms against 3 ms; 32->32 on 4x4 23 ms against 12 ms; 128->128
+    on 1x1 14 ms against 0.8 ms; large GEMMs ~20 GMAC/s per thread on this host). So:
+
+      dense   small maps: the conv is the linear map [N, C*H*W] @ D[C*H*W, O*Ho*Wo], D gathered from
+              the kernel (zero where a tap falls in the padding); used when D holds at most
+              `max_waste` times as many multiply-adds as the conv itself (2x2 and 1x1 maps, 4x4 maps
+              with a 3x3 kernel).
+      unfold  other 1x1 convs (projection shortcuts): F.unfold (a strided subsample) and a matmul.
+      native  F.conv2d for the rest (3x3 on 8x8 and larger maps, the 7x7 stem), where it is about
+              as fast as the alternatives at one thread; also when the unfolded columns would
+              exceed `max_cols` elements.
+
+    The same products summed in another order: outputs equal F.conv2d to float rounding.
+    Prepared weights (D, or the [O, C*k*k] matrix) are cached per (conv, C, O, H, W), least
+    recently used first out once they exceed `cache_bytes`; the cache assumes the weights do not
+    change while it is alive (score_tree makes one per call, under no_grad).
+    """
+
+    def __init__(self, max_waste: float = 3.0, max_cols: int = 1 << 26,
+                 cache_bytes: int = 256 << 20):
+        self.max_waste, self.max_cols, self.cache_bytes = max_waste, max_cols, cache_bytes
+        self._cache: OrderedDict[tuple, tuple[str, paddle.Tensor | None]] = OrderedDict()
+        self._bytes = 0
+
+    def __call__(self, conv, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
+        n, c, h, w = x.shape
+        k, s, p = int(conv.weight.shape[2]), conv.stride, conv.padding
+        ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+        key = (id(conv), c, out_channels, h, w)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._prepare(conv, c, out_channels, h, w)
+            self._store(key, entry)
+        else:
+            self._cache.move_to_end(key)
+        kind, mat = entry
+        if kind == "dense":
+            return paddle.matmul(x.reshape([n, c * h * w]), mat).reshape([n, out_channels, ho, wo])
+        if kind == "native" or n * c * k * k * ho * wo > self.max_cols:
+            weight = conv.weight[:out_channels, :c]
+            return F.conv2d(x, weight, stride=s, padding=p)
+        cols = F.unfold(x, k, strides=s, paddings=p)  # [N, C*k*k, Ho*Wo]
+        if ho * wo >= 32:
+            # Batched [O, Ck^2] @ [Ck^2, L] per image: no transposes, and L is long enough.
+            return paddle.matmul(mat, cols).reshape([n, out_channels, ho, wo])
+        out = paddle.matmul(cols.transpose([0, 2, 1]).reshape([n * ho * wo, c * k * k]), mat,
+                            transpose_y=True)
+        return out.reshape([n, ho * wo, out_channels]).transpose([0, 2, 1]).reshape(
+            [n, out_channels, ho, wo])
+
+    def _prepare(self, conv, c: int, o: int, h: int, w: int) -> tuple[str, paddle.Tensor | None]:
+        k, s, p = int(conv.weight.shape[2]), conv.stride, conv.padding
+        idx, useful = _dense_taps(h, w, k, s, p)
+        if idx.size > self.max_waste * useful and k != 1:
+            return "native", None
+        weight = conv.weight[:o, :c].reshape([o, c * k * k])  # a contiguous copy of the slice
+        if idx.size <= self.max_waste * useful:
+            padded = paddle.concat([weight.reshape([o, c, k * k]), paddle.zeros([o, c, 1])], axis=2)
+            ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+            dense = paddle.gather(padded, paddle.to_tensor(idx.reshape(-1)), axis=2)
+            dense = dense.reshape([o, c, h * w, ho * wo]).transpose([1, 2, 0, 3])
+            return "dense", dense.reshape([c * h * w, o * ho * wo])
+        return "unfold", weight
+
+    def _store(self, key: tuple, entry: tuple[str, paddle.Tensor | None]) -> None:
+        self._cache[key] = entry
+        if entry[1] is not None:
+            self._bytes += int(entry[1].numel()) * 4
+        while self._bytes > self.cache_bytes and len(self._cache) > 1:
+            _, (_, old) = self._cache.popitem(last=False)
+            if old is not None:
+                self._bytes -= int(old.numel()) * 4
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_taps(h: int, w: int, k: int, s: int, p: int) -> tuple[np.ndarray, int]:
+    """[H*W, Ho*Wo] kernel tap linking input (iy, ix) to output (oy, ox), k*k where none; and the
+    number of real taps (the conv's multiply-adds per channel pair)."""
+    ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+    iy, ix = np.divmod(np.arange(h * w), w)
+    oy, ox = np.divmod(np.arange(ho * wo), wo)
+    ty = iy[:, None] - oy[None, :] * s + p
+    tx = ix[:, None] - ox[None, :] * s + p
+    inside = (ty >= 0) & (ty < k) & (tx >= 0) & (tx < k)
+    idx = np.where(inside, ty * k + tx, k * k).astype(np.int64)
+    return idx, int(inside.sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+
+class _LayerEngine:
+    """The supernet's own layers, batch by batch: BN layers in train mode with momentum (k-1)/k for
+    calibration batch k (their running statistics become the exact average, as calibrate_bn makes
+    them), then in eval mode. Activations: (calibration batches, evaluation batches)."""
+
+    def __init__(self, model: SuperNet, calib: list, evals: list):
+        self.model, self.root = model, (list(calib), list(evals))
+
+    def run(self, key: tuple, acts: tuple[list, list]) -> tuple[list, list]:
+        model = self.model
+        if key[0] == "stem":
+            layer, bns = model.stem_bn, [model.stem_bn]
+        else:
+            layer = model.stages[key[0]][key[1]]
+            bns = [layer.bn1, layer.bn2, layer.shortcut_bn]
+        calib, evals = acts
+        layer.train()
+        out_calib = []
+        for k, x in enumerate(calib, start=1):
+            for bn in bns:
+                bn.momentum = (k - 1) / k  # batch 1 overwrites; after K: the plain average
+            out_calib.append(self._forward(key, x))
+        layer.eval()
+        return out_calib, [self._forward(key, x) for x in evals]
+
+    def _forward(self, key: tuple, x: paddle.Tensor) -> paddle.Tensor:
+        model = self.model
+        if key[0] == "stem":
+            return F.max_pool2d(F.relu(model.stem_bn(model.stem_conv(x, key[1]))), 3, 2, 1)
+        stage, i, mid, out = key
+        return model.stages[stage][i](x, mid, out)
+
+    @staticmethod
+    def evals(acts: tuple[list, list]) -> list:
+        return acts[1]
+
+
+class _FastEngine:
+    """The same computation with every calibration and evaluation image in one tensor per layer.
+
+    Convolutions act image by image, so they run once on the whole stack (through FastConv for
+    blocks). BN runs per part: F.batch_norm in training mode on calibration batch k with momentum
+    (k-1)/k into this layer's own running mean/variance (what the BN layer does to its buffers),
+    then in inference mode with those statistics on the evaluation images. The model's BN buffers
+    and modes are not touched. Activations: one tensor, calibration images first.
+    """
+
+    def __init__(self, model: SuperNet, calib: list, evals: list):
+        self.model, self.conv = model, FastConv()
+        self.sizes = [int(x.shape[0]) for x in calib] + [int(x.shape[0]) for x in evals]
+        self.n_calib = sum(self.sizes[:len(calib)])
+        self.n_parts = len(calib)
+        self.root = paddle.concat(list(calib) + list(evals))
+
+    def run(self, key: tuple, x: paddle.Tensor) -> paddle.Tensor:
+        model = self.model
+        if key[0] == "stem":
+            x = F.relu(self._bn(model.stem_bn, model.stem_conv(x, key[1])))
+            return F.max_pool2d(x, 3, 2, 1)
+        stage, i, mid, out = key
+        block, conv = model.stages[stage][i], self.conv
+        # DynamicBlock.forward with FastConv and per-part BN (tests check that the two agree).
+        y = F.relu(self._bn(block.bn1, conv(block.conv1, x, mid)))
+        y = self._bn(block.bn2, conv(block.conv2, y, out))
+        if block.stride != 1 or x.shape[1] != out:
+            x = self._bn(block.shortcut_bn, conv(block.shortcut_conv, x, out))
+        return block.act(y + x)
+
+    def _bn(self, bn, y: paddle.Tensor) -> paddle.Tensor:
+        c = int(y.shape[1])
+        weight, bias = bn.weight[:c], bn.bias[:c]
+        mean, var = paddle.zeros([c]), paddle.ones([c])
+        parts = paddle.split(y, self.sizes)
+        outs = []
+        for k, part in enumerate(parts[:self.n_parts], start=1):
+            outs.append(F.batch_norm(part, mean, var, weight, bias, training=True,
+                                     momentum=(k - 1) / k, epsilon=bn.epsilon))
+        for part in parts[self.n_parts:]:
+            outs.append(F.batch_norm(part, mean, var, weight, bias, training=False,
+                                     epsilon=bn.epsilon))
+        return paddle.concat(outs)
+
+    def evals(self, x: paddle.Tensor) -> list:
+        return [x[self.n_calib:]]
+
+
+def score_tree(model: SuperNet, widths_list: Sequence[Widths], calib: list[paddle.Tensor],
+               val: list[tuple[paddle.Tensor, paddle.Tensor]], fast: bool = True,
+               timings: dict[str, float] | None = None) -> Iterator[tuple[Widths, float, float]]:
+    """(widths, top-1, mean CE) for every distinct Widths, each as soon as it is computed.
+
+    Equal to scoring.score_widths (calibrate_bn then evaluate) for each subnet up to float
+    rounding. fast=False walks the trie with the supernet's own layers batch by batch (exactly
+    calibrate_bn's and evaluate's operations); fast=True (_FastEngine) stacks all images and
+    computes block convolutions with FastConv. Results come in depth-first order of the trie
+    (sorted children), not in list order. BN momentum and every layer's training flag are
+    restored when the iterator is exhausted or closed; BN buffers are left as the last
+    calibration wrote them (fast=False) or untouched (fast=True). A `timings` dict receives the
+    wall seconds spent in the stem, stage1..stage4 and head (for profiling and extrapolation).
+    """
+    root = build_trie(widths_list)
+    if not root.children:
+        return
+    if not calib or not val:
+        raise ValueError("score_tree needs at least one calibration and one validation batch")
+    bns = model.bn_layers()
+    saved_momentum = [bn.momentum for bn in bns]
+    layers = model.sublayers(include_self=True)
+    saved_training = [layer.training for layer in layers]
+    # Evaluation batches are independent image by image (eval-mode BN), so they run as one batch:
+    # fewer, larger matrix products. Calibration batches stay separate (their BN statistics are).
+    xs, ys = [x for x, _ in val], [y for _, y in val]
+    if len(val) > 1:
+        xs, ys = [paddle.concat(xs)], [paddle.concat(ys)]
+    try:
+        with paddle.no_grad():
+            engine = (_FastEngine if fast else _LayerEngine)(model, calib, xs)
+            walk = _Walk(model, engine, ys, timings)
+            yield from walk.visit(root, engine.root)
+    finally:
+        for bn, m in zip(bns, saved_momentum):
+            bn.momentum = m
+        for layer, t in zip(layers, saved_training):
+            layer.training = t
+
+
+class _Walk:
+    def __init__(self, model: SuperNet, engine, labels: list[paddle.Tensor],
+                 timings: dict[str, float] | None):
+        self.model, self.engine, self.labels, self.timings = model, engine, labels, timings
+        self.n_val = sum(int(y.shape[0]) for y in labels)
+
+    def visit(self, node: _Node, acts) -> Iterator[tuple[Widths, float, float]]:
+        timings = self.timings
+        for key in sorted(node.children):
+            child = node.children[key]
+            start = time.perf_counter()
+            child_acts = self.engine.run(key, acts)
+            if timings is not None:
+                now = time.perf_counter()
+                timings[_part(key)] = timings.get(_part(key), 0.0) + now - start
+            for widths in child.ends:
+                start = time.perf_counter()
+                result = self.head(self.engine.evals(child_acts))
+                if timings is not None:
+                    timings["head"] = timings.get("head", 0.0) + time.perf_counter() - start
+                yield (widths, *result)
+            if child.children:
+                yield from self.visit(child, child_acts)
+
+    def head(self, eval_acts: list) -> tuple[float, float]:
+        """scoring.evaluate's top-1 and mean cross-entropy from the last block's activations."""
+        correct, loss_sum = 0, 0.0
+        for x, y in zip(eval_acts, self.labels):
+            logits = self.model.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+            correct += int((logits.argmax(axis=1) == y).astype("int64").sum().item())
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        return correct / self.n_val, loss_sum / self.n_val
