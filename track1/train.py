@@ -240,7 +240,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
                             float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
     teacher = Teacher(cfg, space) if r["enabled"] else None
-    eval_sets = _eval_sets(cfg)
+    eval_sets = _eval_sets(cfg) if is_main else None
 
     def save(tag: str) -> Path | None:
         if world > 1:
