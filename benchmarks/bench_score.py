@@ -15,8 +15,11 @@ of N from the official list. The supernet is random-init unless --checkpoint nam
 Modes: per-code, tree-ref (the trie walk with the supernet's own layers, F.conv2d: the gain of
 sharing alone), tree (score_tree's default, FastConv). Each runs once over all N codes after a
 short untimed warm-up, so the host's other load shows in the numbers: the load average is printed.
-The 45,000-code extrapolation scales the tree's time by prefix-shared multiply-adds (the full
-list shares more than a sample of it) and per-code's by the number of codes.
+The 45,000-code extrapolation scales per-code's time by the number of codes; a tree's time is
+scaled part by part (stem, stage1..stage4: seconds per prefix-shared multiply-add of that part in
+the sample, times that part's multiply-adds in the full list; head and the rest by the number of
+codes), because the full list shares more than a sample of it and its work sits mostly in the
+cheap deep stages (2x2 and 1x1 maps).
 
 The thread count must be known before paddle is imported (OMP/MKL read it at start-up), so this
 script sets OMP_NUM_THREADS / MKL_NUM_THREADS / FLAGS_paddle_num_threads first.
@@ -36,14 +39,17 @@ OFFICIAL = REPO.parent / "shared" / "data" / "CVPR_2022_NAS_Track1_test.json"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--codes", type=int, default=300, help="codes sampled from the list (default 300)")
+    p.add_argument("--codes", type=int, default=300, help="codes sampled from the list")
     p.add_argument("--arch-list", default=str(OFFICIAL), help="official-format JSON list")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="CPU threads for paddle/OpenMP/MKL (default: all cores)")
-    p.add_argument("--modes", default="per-code,tree", help="comma list of per-code, tree-ref, tree")
+    p.add_argument("--modes", default="per-code,tree",
+                   help="comma list of per-code, tree-ref, tree")
     p.add_argument("--checkpoint", default="", help="supernet weights (default: random init)")
-    p.add_argument("--random-data", action="store_true", help="random tensors even if Fashion-MNIST is there")
-    p.add_argument("--seed", type=int, default=0, help="seed of the code sample and of random init/data")
+    p.add_argument("--random-data", action="store_true",
+                   help="random tensors even if Fashion-MNIST is there")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the code sample and of random init/data")
     p.add_argument("--warmup", type=int, default=3, help="untimed codes per mode first")
     return p.parse_args(argv)
 
@@ -61,7 +67,7 @@ def main(argv=None) -> int:
     import paddle
 
     from track1.config import load_config
-    from track1.prefix import count_macs, score_tree
+    from track1.prefix import count_macs, score_tree, shared_macs_by_part
     from track1.scoring import score_widths
     from track1.space import SearchSpace
     from track1.supernet import SuperNet
@@ -102,12 +108,13 @@ def main(argv=None) -> int:
         data = "random tensors"
 
     all_codes = [v["arch"] for v in json.loads(Path(args.arch_list).read_text()).values()]
-    sample = [all_codes[i] for i in
-              sorted(np.random.default_rng(args.seed).choice(len(all_codes), args.codes, replace=False))]
+    picks = np.random.default_rng(args.seed).choice(len(all_codes), args.codes, replace=False)
+    sample = [all_codes[i] for i in sorted(picks)]
     widths = list(dict.fromkeys(space.widths(c) for c in sample))
     all_widths = [space.widths(c) for c in all_codes]
     pc_n, sh_n = count_macs(space, widths)
     pc_all, sh_all = count_macs(space, all_widths)
+    parts_n, parts_all = shared_macs_by_part(space, widths), shared_macs_by_part(space, all_widths)
     n_img = sum(int(x.shape[0]) for x in calib) + sum(int(y.shape[0]) for _, y in val)
 
     cmd = " ".join([os.path.relpath(sys.executable, Path.cwd()), *sys.argv])
@@ -124,33 +131,59 @@ def main(argv=None) -> int:
           f"({pc_n / 1e9:.2f} / {sh_n / 1e9:.2f} GMAC per image), full list {pc_all / sh_all:.3f} "
           f"({pc_all / 1e9:.1f} / {sh_all / 1e9:.1f} GMAC per image)")
 
-    def run(mode, ws):
+    def run(mode, ws, timings=None):
         if mode == "per-code":
             return {w: score_widths(model, w, calib, val) for w in ws}
-        return {w: (a, l) for w, a, l in score_tree(model, ws, calib, val, fast=(mode == "tree"))}
+        return {w: (a, l) for w, a, l in
+                score_tree(model, ws, calib, val, fast=(mode == "tree"), timings=timings)}
 
-    rows, results = [], {}
+    rows, results, extrapolated, part_times = [], {}, {}, {}
     for mode in modes:
         run(mode, widths[:args.warmup])
-        t0 = time.perf_counter()
-        results[mode] = run(mode, widths)
-        rows.append((mode, time.perf_counter() - t0))
-
-    per_code_sec = dict(rows).get("per-code")
-    print()
-    print(f"| mode | codes | seconds | codes/s | speed-up vs per-code | GMAC/s (useful) "
-          f"| 45,000 codes (extrapolated) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for mode, sec in rows:
-        macs = (pc_n if mode == "per-code" else sh_n) * n_img
+        timings: dict[str, float] = {}
+        t0, c0 = time.perf_counter(), time.process_time()
+        results[mode] = run(mode, widths, timings)
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows.append((mode, sec, cpu))
         if mode == "per-code":
-            full = sec / len(widths) * len(all_codes)
+            extrapolated[mode] = sec / len(widths) * len(all_codes)
         else:
-            full = sec * sh_all / sh_n
+            full, rest, scaled = 0.0, sec, {}
+            for part, t in timings.items():
+                rest -= t
+                if part == "head" or not parts_n.get(part):
+                    scaled[part] = t / len(widths) * len(all_codes)
+                else:
+                    scaled[part] = t * parts_all[part] / parts_n[part]
+            scaled["other"] = rest / len(widths) * len(all_codes)
+            timings["other"] = rest
+            extrapolated[mode] = sum(scaled.values())
+            part_times[mode] = (timings, scaled)
+
+    per_code_sec = {m: s for m, s, _ in rows}.get("per-code")
+    print()
+    print("| mode | codes | seconds | CPU seconds | codes/s | speed-up vs per-code "
+          "| GMAC/s (nominal) | 45,000 codes (extrapolated) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, sec, cpu in rows:
+        macs = (pc_n if mode == "per-code" else sh_n) * n_img
+        full = extrapolated[mode]
         speed = f"{per_code_sec / sec:.2f}x" if per_code_sec else "-"
-        print(f"| {mode} | {len(widths)} | {sec:.1f} | {len(widths) / sec:.2f} | {speed} "
-              f"| {macs / sec / 1e9:.2f} | {full / 60:.0f} min ({full / 3600:.2f} h) |")
+        print(f"| {mode} | {len(widths)} | {sec:.1f} | {cpu:.1f} | {len(widths) / sec:.2f} "
+              f"| {speed} | {macs / sec / 1e9:.2f} | {full / 60:.0f} min ({full / 3600:.2f} h) |")
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("GMAC/s (nominal): SearchSpace.flops-convention multiply-adds (padding taps included) "
+          "of the work done, all images, per wall second")
+    print("\nby part: sample seconds -> extrapolated minutes for the full list "
+          "[share of prefix-shared MACs: sample / full list]")
+    for mode, (timings, scaled) in part_times.items():
+        cells = []
+        for part, t in timings.items():
+            macs = ""
+            if part in parts_n and part != "head":
+                macs = f" [{parts_n[part] / sh_n:.0%} / {parts_all[part] / sh_all:.0%}]"
+            cells.append(f"{part} {t:.1f}s -> {scaled[part] / 60:.1f} min{macs}")
+        print(f"  {mode}: " + ", ".join(cells))
 
     ref = results.get("per-code")
     for mode in modes:
