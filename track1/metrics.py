@@ -21,8 +21,7 @@ import numpy as np
 from scipy import stats
 
 from .files import atomic_write
-from .space import CodeError, parse
-from .submission import SubmissionError, _count, _read_object, _some
+from .submission import SubmissionError, _count, _read_object, _some, check_codes
 
 MIN_CODES = 2  # fewest common codes a correlation is defined on
 
@@ -136,17 +135,7 @@ def load_scores(path: str | os.PathLike) -> dict[str, float]:
     if not_number:
         raise SubmissionError(f"{path}: {_count(len(not_number), 'acc')} not a finite number: "
                               f"{_some(not_number)}")
-    bad_codes, first_error = [], ""
-    for k, e in data.items():
-        try:
-            parse(e["arch"])
-        except CodeError as err:
-            if not bad_codes:
-                first_error = str(err)
-            bad_codes.append(k)
-    if bad_codes:
-        raise SubmissionError(f"{path}: {_count(len(bad_codes), 'malformed code')}: "
-                              f"{_some(bad_codes)} (first: {first_error})")
+    check_codes(path, {k: e["arch"] for k, e in data.items()})
     scores: dict[str, float] = {}
     conflicts = []
     for k, e in data.items():

@@ -114,6 +114,12 @@ def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
     if bad_shape:
         raise SubmissionError(f"{path}: {_count(len(bad_shape), 'entry', 'entries')} not an "
                               f"object with a string \"arch\": {_some(bad_shape)}")
+    check_codes(path, codes)
+    return codes
+
+
+def check_codes(path, codes: dict[str, str]) -> None:
+    """Raise SubmissionError naming the file and the keys whose codes do not parse."""
     bad_codes = []
     first_error = ""
     for key, code in codes.items():
@@ -126,7 +132,6 @@ def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
     if bad_codes:
         raise SubmissionError(f"{path}: {_count(len(bad_codes), 'malformed code')}: "
                               f"{_some(bad_codes)} (first, {_name(bad_codes[0])}: {first_error})")
-    return codes
 
 
 # -- demo lists and writing -----------------------------------------------------------------------
