@@ -32,7 +32,7 @@ from track1.data import TrainData  # noqa: E402
 from track1.sampling import MarginSampler, step_subnets  # noqa: E402
 from track1.train import Teacher, build_optimizer, build_supernet, train_step  # noqa: E402
 
-base = load_config(None, [f"data.batch_size={args.batch}", *args.override])
+base = load_config(None, [f"data.batch_size={args.batch}", "train.num_random=2", *args.override])
 methods = {
     "spos": set_value(base, "train.sampler", "spos"),
     "sandwich": base,
