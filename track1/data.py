@@ -153,8 +153,11 @@ def _verify_fmnist(directory: Path) -> None:
 def _download_fashion_mnist(workdir: Path) -> Path:
     """`apt-get download` the Debian package into workdir, unpack it; the directory of the files."""
     try:
-        subprocess.run(["apt-get", "download", FMNIST_PACKAGE], cwd=workdir, check=True,
-                       capture_output=True, text=True)
+        download = ["apt-get", "download", FMNIST_PACKAGE]
+        if subprocess.run(download, cwd=workdir, capture_output=True).returncode != 0 and os.geteuid() == 0:
+            # A fresh machine may have no package lists yet; as root, fetch them once and retry.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        subprocess.run(download, cwd=workdir, check=True, capture_output=True, text=True)
         debs = sorted(workdir.glob(f"{FMNIST_PACKAGE}_*.deb"))
         if not debs:
             raise DataError(f"{workdir}: apt-get download produced no .deb")
