@@ -292,15 +292,23 @@ def test_validate_reports_a_bad_list_by_its_own_name(small, tmp_path):
 
 
 # -- merge_shards ---------------------------------------------------------------------------------
-def test_merge_shards(tmp_path):
-    a = _dump(tmp_path / "a.json", {"arch1": {"acc": 0.1}, "arch2": {"acc": 0.2}})
-    b = _dump(tmp_path / "b.json", {"arch2": {"acc": 0.2}, "arch3": {"acc": 0.3}})
-    merged = merge_shards([a, b])
-    assert merged == {"arch1": {"acc": 0.1}, "arch2": {"acc": 0.2}, "arch3": {"acc": 0.3}}
-    assert list(merged) == ["arch1", "arch2", "arch3"]
-    assert merge_shards([_dump(tmp_path / "empty.json", {})]) == {}
+def _log(path: Path, records) -> Path:
+    files.append_jsonl(path, records)
+    return path
 
-    c = _dump(tmp_path / "c.json", {"arch3": {"acc": 0.3}, "arch1": {"acc": 0.9}})
-    _raises(merge_shards, [a, b, c], contains=["c.json", "conflict", "a.json", "arch1"])
-    d = _dump(tmp_path / "d.json", {"arch4": 0.4})
-    _raises(merge_shards, [a, d], contains=["d.json", "arch4", "not an object"])
+
+def test_merge_shards(tmp_path):
+    r = {k: {"key": k, "code": f"c{k[-1]}", "acc": 0.1 * int(k[-1]), "seconds": 1.0}
+         for k in ("arch1", "arch2", "arch3")}
+    a = _log(tmp_path / "a.jsonl", [r["arch1"], r["arch2"]])
+    b = _log(tmp_path / "b.jsonl", [{**r["arch2"], "seconds": 0.0}, r["arch3"]])  # timing may differ
+    merged = merge_shards([a, b])
+    assert list(merged) == ["arch1", "arch2", "arch3"]
+    assert [m["acc"] for m in merged.values()] == [r[k]["acc"] for k in r]
+    (tmp_path / "empty.jsonl").write_text("")
+    assert merge_shards([tmp_path / "empty.jsonl"]) == {}
+
+    c = _log(tmp_path / "c.jsonl", [r["arch3"], {**r["arch1"], "acc": 0.9}])
+    _raises(merge_shards, [a, b, c], contains=["c.jsonl", "conflict", "a.jsonl", "arch1"])
+    d = _log(tmp_path / "d.jsonl", [{"key": "arch4", "acc": 0.4}])
+    _raises(merge_shards, [a, d], contains=["d.jsonl", "not a record"])

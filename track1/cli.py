@@ -147,8 +147,7 @@ def cmd_score(cfg: dict, args) -> None:
 
 
 def cmd_submit(cfg: dict, args) -> None:
-    from .files import read_jsonl
-    from .submission import SubmissionError, write_submission
+    from .submission import SubmissionError, merge_shards, write_submission
     codes, name = arch_list(cfg, args.arch_list)
     ckpt = _checkpoint(cfg, args.checkpoint)
     unsharded = _scores_path(cfg, name, ckpt)
@@ -156,7 +155,7 @@ def cmd_submit(cfg: dict, args) -> None:
     files = [f for f in files if f.exists()]
     if not files:
         raise SubmissionError(f"{unsharded}: no scores for this list and checkpoint; run `score` first")
-    accs = {r["key"]: r["acc"] for f in files for r in read_jsonl(f)}
+    accs = {k: r["acc"] for k, r in merge_shards(files).items()}
     out = Path(args.out) if args.out else Path(cfg["submit"]["dir"]) / f"{cfg['run']['name']}.json"
     write_submission(out, codes, accs)
     print(f"wrote {out} ({len(codes)} architectures)")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -109,12 +109,6 @@ def parse(code: str) -> Arch:
     return Arch(res, depths, stem, tuple(blocks))  # type: ignore[arg-type]
 
 
-def validate(code: str) -> str:
-    """Return the code unchanged if it is well formed, else raise CodeError."""
-    parse(code)
-    return code
-
-
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """The ResNet48 space at a given width multiplier, input resolution and class count.
@@ -213,10 +207,6 @@ def hamming(a: Arch | str, b: Arch | str) -> int:
     ca = a.code if isinstance(a, Arch) else a
     cb = b.code if isinstance(b, Arch) else b
     return sum(x != y for x, y in zip(ca[5:], cb[5:]))
-
-
-def parse_many(codes: Iterable[str]) -> list[Arch]:
-    return [parse(c) for c in codes]
 
 
 def unique_widths(space: SearchSpace, codes: Sequence[str]) -> dict[Widths, list[str]]:

@@ -245,21 +245,24 @@ def validate_submission(sub_path: str | os.PathLike, list_path: str | os.PathLik
 
 # -- merging result shards ------------------------------------------------------------------------
 def merge_shards(paths: Iterable[str | os.PathLike]) -> dict[str, dict]:
-    """Union of result shards (JSON objects key -> record) in path order. A key in several shards
-    must carry the same record there: differing records mean two runs were mixed."""
+    """Union of the score logs (JSONL records with key, code and acc) of a list's shards, in path
+    order. A key in several logs must have the same code and acc there: anything else means two
+    runs were mixed."""
     merged: dict[str, dict] = {}
     source: dict[str, Path] = {}
     for path in map(Path, paths):
-        shard = _read_object(path)
-        not_records = [k for k, r in shard.items() if not isinstance(r, dict)]
-        if not_records:
-            raise SubmissionError(f"{path}: {_count(len(not_records), 'entry', 'entries')} not "
-                                  f"an object: {_some(not_records)}")
-        conflicts = [k for k, r in shard.items() if k in merged and merged[k] != r]
+        records = list(files.read_jsonl(path))
+        bad = [str(i + 1) for i, r in enumerate(records)
+               if not isinstance(r, dict) or not {"key", "code", "acc"} <= r.keys()]
+        if bad:
+            raise SubmissionError(f"{path}: {_count(len(bad), 'line')} not a record with key, code "
+                                  f"and acc: {_some(bad)}")
+        conflicts = [r["key"] for r in records if r["key"] in merged
+                     and (merged[r["key"]]["code"], merged[r["key"]]["acc"]) != (r["code"], r["acc"])]
         if conflicts:
             raise SubmissionError(f"{path}: {_count(len(conflicts), 'record')} conflict with "
                                   f"{source[conflicts[0]]}: {_some(conflicts)}")
-        for k, r in shard.items():
-            merged.setdefault(k, r)
-            source.setdefault(k, path)
+        for r in records:
+            merged.setdefault(r["key"], r)
+            source.setdefault(r["key"], path)
     return merged

@@ -183,10 +183,6 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     return scalars
 
 
-def _is_distributed() -> bool:
-    return paddle.distributed.get_world_size() > 1
-
-
 def train(cfg: dict, resume: bool = False, progress: bool = True) -> Path:
     """Train the supernet of cfg; returns the final checkpoint directory."""
     # Optimizer accumulators get global names when first used; a fresh name scope makes them the
@@ -200,7 +196,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     t, r = cfg["train"], cfg["train"]["ranking"]
     seed, chash = int(cfg["run"]["seed"]), config_hash(cfg)
     rank, world = 0, 1
-    if _is_distributed():
+    if paddle.distributed.get_world_size() > 1:
         paddle.distributed.init_parallel_env()
         rank, world = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
     is_main = rank == 0
