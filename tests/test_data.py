@@ -280,6 +280,14 @@ def test_train_size_limits_the_images(tmp_path):
         data.TrainData(fmnist_cfg(tmp_path, "data.train_size=7"))
 
 
+def test_fashion_mnist_refuses_a_resolution_it_cannot_give(tmp_path):
+    write_fake_fmnist(tmp_path)
+    with pytest.raises(data.DataError, match="space.resolution=16: Fashion-MNIST images are 32x32"):
+        data.TrainData(fmnist_cfg(tmp_path, "space.resolution=16"))
+    with pytest.raises(data.DataError, match="set space.resolution=32"):
+        data.validation_set(fmnist_cfg(tmp_path, "space.resolution=64"), 10)
+
+
 # ------------------------------------------------------------------------------- eval sets
 
 

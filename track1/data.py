@@ -580,6 +580,11 @@ def calibration_batches(cfg: dict) -> list[paddle.Tensor]:
 
 def _fmnist_root(cfg: dict) -> Path:
     """data.root if it holds the four files, else whatever prepare() makes available."""
+    size = 28 + 2 * FMNIST_PAD
+    if int(cfg["space"]["resolution"]) != size:
+        # The images are not resized: a network built for another size would silently get 32 px.
+        raise DataError(f"space.resolution={cfg['space']['resolution']}: Fashion-MNIST images are "
+                        f"{size}x{size} (28 padded by {FMNIST_PAD}); set space.resolution={size}")
     root = Path(cfg["data"]["root"])
     return root if _has_fmnist(root) else prepare(cfg)
 

@@ -1,7 +1,9 @@
 """Supernet training: the sandwich / SPOS step with optional ranking distillation, and its loop.
 
-The train command takes a config and nothing else: no ground-truth accuracies reach this module,
-so stand-alone results can never become a training signal (a competition rule).
+The train command takes a config and nothing else. Stand-alone ground truth can reach the training
+process only through the optional rank check (track1/monitor.py), which runs between epochs, after
+the last optimizer step, and whose numbers go to the log only: it can never become a training
+signal (a competition rule; tests/test_monitor.py checks the weights are the same with and without).
 """
 from __future__ import annotations
 
@@ -237,6 +239,10 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                             float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
     teacher = Teacher(cfg, space) if r["enabled"] else None
     eval_sets = _eval_sets(cfg) if is_main else None
+    rank_check = None
+    if is_main and int(cfg["monitor"]["every_epochs"]) > 0:
+        from .monitor import RankCheck
+        rank_check = RankCheck(cfg, space, out)
 
     def save(tag: str) -> Path | None:
         if world > 1:
@@ -303,6 +309,12 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 if writer:
                     for role, v in top1.items():
                         writer.add_scalar(f"val/top1_{role}", v, step)
+                if rank_check is not None and rank_check.due(step // spe):
+                    checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
+                    bar.write(f"epoch {step // spe}: {rank_check.describe(checked)}")
+                    if writer:
+                        for k, v in checked.items():
+                            writer.add_scalar(k, v, step)
             final = save(f"epoch_{step // spe:03d}")
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")

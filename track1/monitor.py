@@ -1,0 +1,102 @@
+"""The in-training rank check: score a fixed list every E epochs, for choosing checkpoints and settings.
+
+At the end of every `monitor.every_epochs`-th epoch the training loop hands the supernet to
+`RankCheck`, which scores a fixed architecture list exactly as the `score` command would (BN
+re-calibration, then the fixed validation images), writes the scores as
+<run>/monitor/<list>@epoch_NNN.json (official shape) and returns scalars for VisualDL:
+
+  monitor/kendall_prev   Kendall tau with the previous check's scores (no ground truth needed:
+                         a ranking that stopped moving has converged);
+  monitor/kendall, monitor/spearman, monitor/top5
+                         against `monitor.truth`, a stand-alone accuracy file, when one is set.
+
+Competition rule: ground truth may choose checkpoints and hyperparameters, never train. The check
+runs after the epoch's last optimizer step, under no_grad, and puts the supernet's BN statistics
+back as it found them; its numbers go to the log only. A run with a truth file configured trains
+bit-identical weights to one without (tests/test_monitor.py), and the `monitor` section is left out
+of the config hash, so turning the check on or off never blocks a resume.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import paddle
+
+from .data import calibration_batches, validation_batches
+from .files import write_json
+from .scoring import score_list
+from .space import SearchSpace
+from .supernet import SuperNet
+
+LOG_NOTE = "monitoring only: not a loss, no gradient"
+
+
+class RankCheck:
+    """Scores a fixed list with the supernet every `every_epochs` epochs (see the module doc)."""
+
+    def __init__(self, cfg: dict, space: SearchSpace, run_dir: str | Path):
+        from .submission import demo_arch_list, load_arch_list
+        m = cfg["monitor"]
+        self.every = int(m["every_epochs"])
+        self.space, self.mode = space, cfg["score"]["mode"]
+        self.truth = None
+        if m["truth"]:
+            # Read here, at start-up, so a bad file fails before any training is done.
+            from .metrics import load_scores
+            self.truth = load_scores(m["truth"])
+        # The list: monitor.arch_list; else the truth's codes; else num_codes codes of the demo list.
+        if m["arch_list"]:
+            self.codes, self.name = load_arch_list(m["arch_list"]), Path(m["arch_list"]).stem
+        elif self.truth is not None:
+            self.codes = {f"arch{i + 1}": c for i, c in enumerate(self.truth)}
+            self.name = Path(m["truth"]).stem
+        else:
+            s = cfg["score"]
+            self.codes = demo_arch_list(int(m["num_codes"]), int(s["demo_seed"]), space)
+            self.name = f"demo{len(self.codes)}"
+        self.dir = Path(run_dir) / "monitor"
+        calib_cfg = {**cfg, "score": {**cfg["score"], "calib_images": int(m["calib_images"]),
+                                      "val_images": int(m["val_images"])}}
+        self.calib, self.val = calibration_batches(calib_cfg), validation_batches(calib_cfg)
+        self.previous: dict[str, float] | None = None  # the last check's code -> acc
+
+    def due(self, epoch: int) -> bool:
+        """True after epoch `epoch` (1-based) when the check is on and epoch is a multiple of E."""
+        return self.every > 0 and epoch % self.every == 0
+
+    def __call__(self, model: SuperNet, epoch: int) -> dict[str, float]:
+        """Score the list with the model as it is now; scalars for the log (see the module doc)."""
+        from .metrics import rank_metrics
+        buffers = [b.clone() for b in _bn_buffers(model)]
+        try:
+            with paddle.no_grad():
+                log = self.dir / f"{self.name}@epoch_{epoch:03d}.jsonl"
+                records = score_list(model, self.space, self.codes, self.calib, self.val, log,
+                                     progress=False, mode=self.mode)
+        finally:
+            for b, saved in zip(_bn_buffers(model), buffers):
+                b.set_value(saved)
+        write_json(log.with_suffix(".json"),
+                   {k: {"acc": r["acc"], "arch": r["code"]} for k, r in records.items()}, indent=1)
+        pred = {r["code"]: r["acc"] for r in records.values()}
+        scalars = {"monitor/acc_mean": sum(pred.values()) / len(pred)}
+        before = self.dir / f"{self.name}@epoch_{epoch - self.every:03d}.json"
+        if self.previous is None and before.exists():  # a resumed run: the check before the kill
+            from .metrics import load_scores
+            self.previous = load_scores(before)
+        if self.previous is not None and len(pred) > 1:
+            scalars["monitor/kendall_prev"] = rank_metrics(pred, self.previous, ks=())["kendall"]
+        self.previous = pred
+        if self.truth is not None:
+            m = rank_metrics(pred, self.truth, ks=(5,))
+            scalars.update({"monitor/kendall": m["kendall"], "monitor/spearman": m["spearman"],
+                            "monitor/top5": m["top5"]})
+        return scalars
+
+    def describe(self, scalars: dict[str, float]) -> str:
+        parts = [f"{k.split('/')[1]} {v:.4f}" for k, v in scalars.items()]
+        return f"rank check on {len(self.codes)} codes ({LOG_NOTE}): " + "  ".join(parts)
+
+
+def _bn_buffers(model: SuperNet) -> list[paddle.Tensor]:
+    return [b for bn in model.bn_layers() for b in (bn._mean, bn._variance)]
