@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from track1.metrics import load_scores, plot, rank_metrics  # noqa: E402
+from track1.standalone import ceiling  # noqa: E402
 
 PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
 
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--proxies", nargs="+", default=PROXIES)
     p.add_argument("--out-dir", default="output/method_table")
     p.add_argument("--results", default="docs/RESULTS.md")
+    p.add_argument("--jobs", type=int, default=1, help="supernet runs at a time (each gets cores/jobs threads)")
     p.add_argument("-o", "--override", action="append", default=[], help="override for every run")
     args = p.parse_args()
 
@@ -73,39 +76,59 @@ def main() -> None:
         else:
             methods.append((method, method, []))
 
-    for label, preset, extra in methods:
-        metrics, seconds = [], []
-        for seed in args.seeds:
-            name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
-            cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}", *extra]
-            start = time.time()
-            run("train", *cfg, "--resume")
-            seconds.append(time.time() - start)
-            run("score", *cfg, "--arch-list", str(arch_file))
-            run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
-            pred = load_scores(out / f"{name}.json")
-            metrics.append(rank_metrics(pred, truth))
-            png = REPO / "docs" / "plots" / f"{name}.png"
-            plot(pred, truth, png, title=f"{label}, seed {seed}")
-            plots.append(png)
-        rows.append((label, metrics, float(np.mean(seconds))))
+    def supernet(label: str, preset: str, extra: list[str], seed: int, threads: int):
+        """Train, score and submit one (method, seed); its metrics, training seconds and plot."""
+        name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
+        cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}",
+               "-o", f"run.threads={threads}", *extra]
+        start = time.time()
+        run("train", *cfg, "--resume")
+        seconds = time.time() - start
+        run("score", *cfg, "--arch-list", str(arch_file))
+        run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
+        pred = load_scores(out / f"{name}.json")
+        png = REPO / "docs" / "plots" / f"{name}.png"
+        plot(pred, truth, png, title=f"{label}, seed {seed}")
+        return rank_metrics(pred, truth), seconds, png
 
-    lines = ["# Ranking quality on the embedded default", "",
-             f"Truth: `{args.truth}` ({len(truth)} codes). Seeds: {args.seeds}. "
-             f"Overrides: {args.override or 'none'}. Produced by:", "",
+    # Independent runs in parallel, each on its share of the cores (results do not depend on it
+    # beyond the thread count, which is recorded in the table's heading).
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [(label, preset, extra, seed) for label, preset, extra in methods for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(lambda j: supernet(*j, threads), jobs))
+    for label, _, _ in methods:
+        runs = [r for j, r in zip(jobs, done) if j[0] == label]
+        rows.append((label, [m for m, _, _ in runs], float(np.mean([s for _, s, _ in runs]))))
+        plots += [png for _, _, png in runs]
+
+    c = ceiling(json.loads(Path(args.truth).read_text()))
+    lines = [f"Truth: `{args.truth}` ({len(truth)} codes, {c['seeds']} seeds). Its ceiling: Kendall "
+             f"{c['half_kendall']:.3f} between the means of two disjoint seed halves, {c['pair_kendall']:.3f} "
+             f"seed vs seed. Supernet seeds: {args.seeds}, {args.jobs} run(s) at a time with "
+             f"{threads} thread(s) each. Overrides: {' '.join(args.override) or 'none'}. Produced by:", "",
              f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
-             "| method | Kendall | Spearman | Pearson | top-5 overlap | train time (s) |",
+             "| method | Kendall | Spearman | Pearson | top-5 overlap | time (s) |",
              "|---|---|---|---|---|---|"]
     for label, ms, secs in rows:
         cell = lambda k: (f"{np.mean([m[k] for m in ms]):.3f}" +
                           (f" ± {np.std([m[k] for m in ms]):.3f}" if len(ms) > 1 else ""))
         lines.append(f"| {label} | {cell('kendall')} | {cell('spearman')} | {cell('pearson')} | "
                      f"{cell('top5')} | {secs:.0f} |")
-    lines += ["", "Plots: " + ", ".join(f"[{p.stem}](plots/{p.name})" for p in plots), ""]
+    lines += ["", "± is the standard deviation over the seeds. Time: a proxy's is for all codes; a "
+              "supernet's is its training.", "",
+              "Plots: " + ", ".join(f"[{p.stem}](plots/{p.name})" for p in plots)]
+    table = "\n".join(lines)
     results = REPO / args.results
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text("\n".join(lines))
-    print("\n".join(lines))
+    # Only the part between the markers is generated; the text around it is kept.
+    begin, end = "<!-- method_table.py: begin -->", "<!-- method_table.py: end -->"
+    text = results.read_text() if results.exists() else f"# Ranking quality on the embedded default\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    results.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,32 @@ def test_sharded_scoring_equals_unsharded(tmp_path, capsys):
     (scores / "list@step_0000003.shard1of2.jsonl").unlink()
     assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 2
     assert "5 keys missing" in capsys.readouterr().err
+
+
+def test_two_rank_run_interrupted_and_resumed_under_the_launcher_ends_the_same(tmp_path):
+    """The user's multi-GPU path (tools/launch.py under paddle.distributed.launch), on 2 CPU ranks:
+    a run stopped at step 3 and resumed to step 6 ends with the weights of a run straight to 6."""
+    base = [f"run.output_dir={tmp_path}", "space.width_mult=0.125", "data.train_size=256",
+            "data.batch_size=16", "train.epochs=1", "train.save_every_steps=100", "train.eval_images=64",
+            "score.calib_images=32", "score.calib_batch=32", "data.root=" + str(REPO / "data" / "fashion-mnist")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(name, steps, *flags):
+        args = [a for o in [*base, f"run.name={name}", f"train.max_steps={steps}"] for a in ("-o", o)]
+        log = tmp_path / f"log_{name}_{steps}"
+        run = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                              "--log_dir", str(log), str(REPO / "tools" / "launch.py"), "train", *args,
+                              *flags], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, "".join(p.read_text()[-1500:] for p in sorted(log.glob("workerlog.*")))
+        return (log / "workerlog.0").read_text()
+
+    launch("straight", 6)
+    launch("resumed", 3)
+    assert (tmp_path / "resumed" / "checkpoints" / "step_0000003").is_dir()
+    assert f"resumed from {tmp_path / 'resumed' / 'checkpoints' / 'step_0000003'} at step 3/6" in \
+        launch("resumed", 6, "--resume")
+    a = paddle.load(str(tmp_path / "straight" / "checkpoints" / "step_0000006" / "model.pdparams"))
+    b = paddle.load(str(tmp_path / "resumed" / "checkpoints" / "step_0000006" / "model.pdparams"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
