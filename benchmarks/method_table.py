@@ -25,6 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from track1 import checkpoint  # noqa: E402
 from track1.metrics import load_scores, plot, rank_metrics  # noqa: E402
 from track1.standalone import ceiling  # noqa: E402
 
@@ -81,9 +82,9 @@ def main() -> None:
         name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
         cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}",
                "-o", f"run.threads={threads}", *extra]
-        start = time.time()
         run("train", *cfg, "--resume")
-        seconds = time.time() - start
+        # Training wall time as the checkpoint records it (added up over resumes).
+        seconds = float(checkpoint.read_meta(checkpoint.latest(out / name))["train_seconds"])
         run("score", *cfg, "--arch-list", str(arch_file))
         run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
         pred = load_scores(out / f"{name}.json")

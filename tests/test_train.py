@@ -54,10 +54,13 @@ def test_checkpoint_records_config_hash_and_state(tmp_path):
     last = train(cfg, progress=False)
     meta = json.loads((last / "meta.json").read_text())
     assert meta["config_hash"] == config_hash(cfg) and meta["step"] == 3
+    assert 0 < meta["train_seconds"] < 600  # wall time so far, added up over resumes
     state = checkpoint.load_state(last)
     assert state["scheduler"]["last_epoch"] == 3
     assert any(k.endswith("velocity_0") for k in state["optimizer"])
     assert (run_dir(cfg) / "vdl").is_dir()
+    resumed = train(tiny_config(tmp_path, "train.max_steps=4"), resume=True, progress=False)
+    assert checkpoint.read_meta(resumed)["train_seconds"] > meta["train_seconds"]
 
 
 def test_lr_warmup_then_cosine():

@@ -211,7 +211,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
     cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
 
-    step = 0
+    step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
+    started = time.perf_counter()
     last = checkpoint.latest(out)
     if last is not None:
         if not resume:
@@ -224,7 +225,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         scheduler.set_state_dict(state["scheduler"])
         if cream is not None:
             cream.set_state_dict(state["cream"])
-        step = int(meta["step"])
+        step, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
         if is_main:
             print(f"resumed from {last} at step {step}/{stop_at}")
     if step >= stop_at:
@@ -253,7 +254,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         if cream is not None:
             state["cream"] = cream.state_dict()
         meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
-                "finished": step >= stop_at}
+                "finished": step >= stop_at,
+                "train_seconds": round(seconds_before + time.perf_counter() - started, 3)}
         path = checkpoint.save(out, tag, model, state, meta)
         checkpoint.prune(out, keep={tag})
         return path
