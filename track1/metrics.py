@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from .files import atomic_write
-from .submission import SubmissionError, _count, _read_object, _some, check_codes
+from .submission import SubmissionError, check_codes, count_phrase, read_json_object, some_keys
 
 MIN_CODES = 2  # fewest common codes a correlation is defined on
 
@@ -61,16 +61,16 @@ def match(pred: Mapping[str, float], truth: Mapping[str, float],
     if only_truth or (only_pred and not allow_extra):
         parts = []
         if only_truth:
-            parts.append(f"{_count(len(only_truth), 'code')} only in the ground truth "
-                         f"({_some(only_truth)})")
+            parts.append(f"{count_phrase(len(only_truth), 'code')} only in the ground truth "
+                         f"({some_keys(only_truth)})")
         if only_pred:
-            parts.append(f"{_count(len(only_pred), 'code')} only in the predictions "
-                         f"({_some(only_pred)})")
+            parts.append(f"{count_phrase(len(only_pred), 'code')} only in the predictions "
+                         f"({some_keys(only_pred)})")
         raise CoverageError("predictions and ground truth do not cover the same codes: "
                             + "; ".join(parts))
     common = list(truth)
     if len(common) < MIN_CODES:
-        raise CoverageError(f"only {_count(len(common), 'code')} in common; a correlation needs at "
+        raise CoverageError(f"only {count_phrase(len(common), 'code')} in common; a correlation needs at "
                             f"least {MIN_CODES}")
     return common
 
@@ -87,7 +87,7 @@ def rank_metrics(pred: Mapping[str, float], truth: Mapping[str, float], ks: Iter
     t = np.array([float(truth[c]) for c in codes], np.float64)
     bad = [c for c, a, b in zip(codes, p, t) if not (math.isfinite(a) and math.isfinite(b))]
     if bad:
-        raise ValueError(f"{_count(len(bad), 'code')} with a non-finite accuracy: {_some(bad)}")
+        raise ValueError(f"{count_phrase(len(bad), 'code')} with a non-finite accuracy: {some_keys(bad)}")
     out = {
         "kendall": _nan_safe(lambda a, b: stats.kendalltau(a, b, variant="b"), p, t),
         "spearman": _nan_safe(stats.spearmanr, p, t),
@@ -121,20 +121,20 @@ def load_scores(path: str | os.PathLike) -> dict[str, float]:
     the same acc both times. Problems raise SubmissionError with a one-line message naming the
     file and the first offending keys.
     """
-    data = _read_object(path)
+    data = read_json_object(path)
     if not data:
         raise SubmissionError(f"{path}: no entries")
     bad_shape = [k for k, e in data.items()
                  if not (isinstance(e, dict) and isinstance(e.get("arch"), str) and "acc" in e)]
     if bad_shape:
-        raise SubmissionError(f"{path}: {_count(len(bad_shape), 'entry', 'entries')} not an object "
-                              f"with \"acc\" and a string \"arch\": {_some(bad_shape)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(bad_shape), 'entry', 'entries')} not an object "
+                              f"with \"acc\" and a string \"arch\": {some_keys(bad_shape)}")
     not_number = [k for k, e in data.items()
                   if isinstance(e["acc"], bool) or not isinstance(e["acc"], (int, float))
                   or (isinstance(e["acc"], float) and not math.isfinite(e["acc"]))]
     if not_number:
-        raise SubmissionError(f"{path}: {_count(len(not_number), 'acc')} not a finite number: "
-                              f"{_some(not_number)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(not_number), 'acc')} not a finite number: "
+                              f"{some_keys(not_number)}")
     check_codes(path, {k: e["arch"] for k, e in data.items()})
     scores: dict[str, float] = {}
     conflicts = []
@@ -144,8 +144,8 @@ def load_scores(path: str | os.PathLike) -> dict[str, float]:
             conflicts.append(k)
         scores.setdefault(code, acc)
     if conflicts:
-        raise SubmissionError(f"{path}: {_count(len(conflicts), 'key')} repeat an earlier code with "
-                              f"a different acc: {_some(conflicts)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(conflicts), 'key')} repeat an earlier code with "
+                              f"a different acc: {some_keys(conflicts)}")
     return scores
 
 

@@ -42,14 +42,14 @@ def _name(key: Any) -> str:
     return repr(key)
 
 
-def _some(keys: Sequence[Any]) -> str:
+def some_keys(keys: Sequence[Any]) -> str:
     """'arch7, arch9' or 'arch1, ..., arch5 and 12 more'."""
     shown = ", ".join(_name(k) for k in keys[:MAX_NAMED_KEYS])
     rest = len(keys) - MAX_NAMED_KEYS
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
-def _count(n: int, word: str, plural: str | None = None) -> str:
+def count_phrase(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
@@ -67,7 +67,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
-def _read_object(path: str | os.PathLike) -> dict:
+def read_json_object(path: str | os.PathLike) -> dict:
     """The top-level JSON object of a file, refusing duplicate keys at any level."""
     try:
         with open(path, "rb") as f:
@@ -86,8 +86,8 @@ def _read_object(path: str | os.PathLike) -> dict:
     except ValueError as e:  # e.g. an integer beyond Python's digit limit
         raise SubmissionError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
     except _DuplicateKeys as e:
-        raise SubmissionError(f"{path}: {_count(len(e.keys), 'duplicate key')}: "
-                              f"{_some(e.keys)}") from None
+        raise SubmissionError(f"{path}: {count_phrase(len(e.keys), 'duplicate key')}: "
+                              f"{some_keys(e.keys)}") from None
     if not isinstance(data, dict):
         raise SubmissionError(f"{path}: top level must be a JSON object, got "
                               f"{_json_type(data)}")
@@ -101,7 +101,7 @@ def _json_type(value: Any) -> str:
 
 def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
     """key -> code of an official-format list, in file order; every code is checked by parse."""
-    data = _read_object(path)
+    data = read_json_object(path)
     if not data:
         raise SubmissionError(f"{path}: the list has no entries")
     codes: dict[str, str] = {}
@@ -112,8 +112,8 @@ def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
         else:
             bad_shape.append(key)
     if bad_shape:
-        raise SubmissionError(f"{path}: {_count(len(bad_shape), 'entry', 'entries')} not an "
-                              f"object with a string \"arch\": {_some(bad_shape)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(bad_shape), 'entry', 'entries')} not an "
+                              f"object with a string \"arch\": {some_keys(bad_shape)}")
     check_codes(path, codes)
     return codes
 
@@ -130,8 +130,8 @@ def check_codes(path, codes: dict[str, str]) -> None:
                 first_error = str(e)
             bad_codes.append(key)
     if bad_codes:
-        raise SubmissionError(f"{path}: {_count(len(bad_codes), 'malformed code')}: "
-                              f"{_some(bad_codes)} (first, {_name(bad_codes[0])}: {first_error})")
+        raise SubmissionError(f"{path}: {count_phrase(len(bad_codes), 'malformed code')}: "
+                              f"{some_keys(bad_codes)} (first, {_name(bad_codes[0])}: {first_error})")
 
 
 # -- demo lists and writing -----------------------------------------------------------------------
@@ -179,21 +179,21 @@ def write_submission(path: str | os.PathLike, arch_list: dict[str, str],
         raise SubmissionError(f"{path}: refusing to write a submission for an empty list")
     missing = [k for k in arch_list if k not in accs]
     if missing:
-        raise SubmissionError(f"{path}: {_count(len(missing), 'key')} missing from the "
-                              f"accuracies: {_some(missing)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(missing), 'key')} missing from the "
+                              f"accuracies: {some_keys(missing)}")
     not_number = [k for k in arch_list if not _is_number(accs[k])]
     if not_number:
-        raise SubmissionError(f"{path}: {_count(len(not_number), 'accuracy', 'accuracies')} not a "
-                              f"number: {_some(not_number)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(not_number), 'accuracy', 'accuracies')} not a "
+                              f"number: {some_keys(not_number)}")
     non_finite = [k for k in arch_list if not _is_finite(accs[k])]
     if non_finite:
-        raise SubmissionError(f"{path}: {_count(len(non_finite), 'accuracy', 'accuracies')} not "
-                              f"finite: {_some(non_finite)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(non_finite), 'accuracy', 'accuracies')} not "
+                              f"finite: {some_keys(non_finite)}")
     # Same rule as validate_submission, so a file written here always validates.
     out_of_range = [k for k in arch_list if not 0 <= accs[k] <= 1]
     if out_of_range:
-        raise SubmissionError(f"{path}: {_count(len(out_of_range), 'accuracy', 'accuracies')} "
-                              f"outside [0, 1]: {_some(out_of_range)}")
+        raise SubmissionError(f"{path}: {count_phrase(len(out_of_range), 'accuracy', 'accuracies')} "
+                              f"outside [0, 1]: {some_keys(out_of_range)}")
     files.write_json(path, {k: {"acc": float(accs[k]), "arch": c} for k, c in arch_list.items()})
 
 
@@ -201,45 +201,45 @@ def write_submission(path: str | os.PathLike, arch_list: dict[str, str],
 def validate_submission(sub_path: str | os.PathLike, list_path: str | os.PathLike) -> int:
     """Check a submission against the architecture list it answers; returns its entry count."""
     ref = load_arch_list(list_path)
-    sub = _read_object(sub_path)
+    sub = read_json_object(sub_path)
 
     bad_shape = [k for k, e in sub.items()
                  if not (isinstance(e, dict) and set(e) == {"acc", "arch"}
                          and isinstance(e["arch"], str))]
     if bad_shape:
-        raise SubmissionError(f"{sub_path}: {_count(len(bad_shape), 'entry', 'entries')} not "
-                              f"in the official shape {ENTRY_SHAPE}: {_some(bad_shape)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(bad_shape), 'entry', 'entries')} not "
+                              f"in the official shape {ENTRY_SHAPE}: {some_keys(bad_shape)}")
     missing = [k for k in ref if k not in sub]
     if missing:
-        raise SubmissionError(f"{sub_path}: {_count(len(missing), 'key')} missing: "
-                              f"{_some(missing)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(missing), 'key')} missing: "
+                              f"{some_keys(missing)}")
     extra = [k for k in sub if k not in ref]
     if extra:
-        raise SubmissionError(f"{sub_path}: {_count(len(extra), 'extra key')} not in "
-                              f"{list_path}: {_some(extra)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(extra), 'extra key')} not in "
+                              f"{list_path}: {some_keys(extra)}")
     misplaced = [k for k, r in zip(sub, ref) if k != r]
     if misplaced:
         first = list(sub).index(misplaced[0]) + 1
         raise SubmissionError(f"{sub_path}: keys in a different order from {list_path}, "
                               f"{len(misplaced)} out of place from position {first}: "
-                              f"{_some(misplaced)}")
+                              f"{some_keys(misplaced)}")
     changed = [k for k in ref if sub[k]["arch"] != ref[k]]
     if changed:
-        raise SubmissionError(f"{sub_path}: {_count(len(changed), 'code')} changed from "
-                              f"{list_path}: {_some(changed)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(changed), 'code')} changed from "
+                              f"{list_path}: {some_keys(changed)}")
     accs = [(k, sub[k]["acc"]) for k in ref]
     not_number = [k for k, a in accs if not _is_number(a)]
     if not_number:
-        raise SubmissionError(f"{sub_path}: {_count(len(not_number), 'acc')} not a number: "
-                              f"{_some(not_number)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(not_number), 'acc')} not a number: "
+                              f"{some_keys(not_number)}")
     non_finite = [k for k, a in accs if not _is_finite(a)]
     if non_finite:
-        raise SubmissionError(f"{sub_path}: {_count(len(non_finite), 'acc')} not finite: "
-                              f"{_some(non_finite)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(non_finite), 'acc')} not finite: "
+                              f"{some_keys(non_finite)}")
     out_of_range = [k for k, a in accs if not 0.0 <= a <= 1.0]
     if out_of_range:
-        raise SubmissionError(f"{sub_path}: {_count(len(out_of_range), 'acc')} outside [0, 1]: "
-                              f"{_some(out_of_range)}")
+        raise SubmissionError(f"{sub_path}: {count_phrase(len(out_of_range), 'acc')} outside [0, 1]: "
+                              f"{some_keys(out_of_range)}")
     return len(sub)
 
 
@@ -255,13 +255,13 @@ def merge_shards(paths: Iterable[str | os.PathLike]) -> dict[str, dict]:
         bad = [str(i + 1) for i, r in enumerate(records)
                if not isinstance(r, dict) or not {"key", "code", "acc"} <= r.keys()]
         if bad:
-            raise SubmissionError(f"{path}: {_count(len(bad), 'line')} not a record with key, code "
-                                  f"and acc: {_some(bad)}")
+            raise SubmissionError(f"{path}: {count_phrase(len(bad), 'line')} not a record with key, code "
+                                  f"and acc: {some_keys(bad)}")
         conflicts = [r["key"] for r in records if r["key"] in merged
                      and (merged[r["key"]]["code"], merged[r["key"]]["acc"]) != (r["code"], r["acc"])]
         if conflicts:
-            raise SubmissionError(f"{path}: {_count(len(conflicts), 'record')} conflict with "
-                                  f"{source[conflicts[0]]}: {_some(conflicts)}")
+            raise SubmissionError(f"{path}: {count_phrase(len(conflicts), 'record')} conflict with "
+                                  f"{source[conflicts[0]]}: {some_keys(conflicts)}")
         for r in records:
             merged.setdefault(r["key"], r)
             source.setdefault(r["key"], path)
