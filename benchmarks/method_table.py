@@ -104,9 +104,13 @@ def main() -> None:
         plots += [png for _, _, png in runs]
 
     c = ceiling(json.loads(Path(args.truth).read_text()))
+    n = len(truth)
+    null_sd = float(np.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))))  # Kendall's tau under independence
     lines = [f"Truth: `{args.truth}` ({len(truth)} codes, {c['seeds']} seeds). Its ceiling: Kendall "
              f"{c['half_kendall']:.3f} between the means of two disjoint seed halves, {c['pair_kendall']:.3f} "
-             f"seed vs seed. Supernet seeds: {args.seeds}, {args.jobs} run(s) at a time with "
+             f"seed vs seed; spread of the codes' accuracies {c['signal_std']:.4f} against seed noise "
+             f"{c['seed_std']:.4f} (std). An unrelated predictor scores Kendall 0 ± {null_sd:.3f} (std) "
+             f"on {len(truth)} codes. Supernet seeds: {args.seeds}, {args.jobs} run(s) at a time with "
              f"{threads} thread(s) each. Overrides: {' '.join(args.override) or 'none'}. Produced by:", "",
              f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
              "| method | Kendall | Spearman | Pearson | top-5 overlap | time (s) |",

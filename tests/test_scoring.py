@@ -85,3 +85,7 @@ def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch
     assert full["stem1"]["loss"] == full["stem2"]["loss"]
     same = [k for k in codes if SPACE.widths(codes[k]) == SPACE.widths(codes["stem1"])]
     assert sum(full[k]["seconds"] > 0 for k in same) == 1  # the network was scored once
+    # Another list whose keys name other codes cannot take these results for its own.
+    other = {"arch1": codes["arch2"], "arch2": codes["arch1"]}
+    with pytest.raises(ValueError, match="key 'arch1' was scored for code .*use another output file"):
+        score_list(net, SPACE, other, calib, val, out, progress=False, mode="per_code")

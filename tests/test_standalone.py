@@ -210,6 +210,31 @@ def test_ceiling():
         standalone.ceiling([r for r in _records(noisy) if r["seed"] == 0])
 
 
+def test_ceiling_separates_signal_from_seed_noise():
+    """Many synthetic codes with known spread (0.02) and seed noise (0.01): both are recovered, and
+    the seeds it asks for do give the promised agreement on fresh draws."""
+    rng = np.random.default_rng(1)
+    codes = list(demo_arch_list(400, 5).values())
+    true = rng.normal(0.85, 0.02, len(codes))
+    draw = lambda seeds: {c: {s: float(true[i] + rng.normal(0, 0.01)) for s in seeds}
+                          for i, c in enumerate(codes)}
+    c = standalone.ceiling(_records(draw(range(3))))
+    assert c["seed_std"] == pytest.approx(0.01, rel=0.08)
+    assert c["signal_std"] == pytest.approx(true.std(ddof=1), rel=0.08)
+    n = c["seeds_for_0.8"]
+    r = np.sin(0.4 * np.pi)
+    assert n == pytest.approx((c["seed_std"] / c["signal_std"]) ** 2 * r / (1 - r))
+    assert 3 < n < 9  # the true ratio gives 0.25 * r / (1 - r) = 4.9
+    k = int(np.ceil(n))
+    halves = [draw(range(k)) for _ in range(2)]
+    means = [np.array([np.mean(list(h[c].values())) for c in codes]) for h in halves]
+    assert stats.kendalltau(*means).statistic == pytest.approx(0.8, abs=0.05)
+    # No signal at all: no number of seeds is enough.
+    flat = {c: {s: float(0.85 + rng.normal(0, 0.01)) for s in range(3)} for c in codes[:50]}
+    assert standalone.seeds_for_kendall(0.8, 1e-4, 0.0) == float("inf")
+    assert standalone.ceiling(_records(flat))["signal_std"] < 0.003
+
+
 def test_training_path_does_not_import_standalone():
     code = ("import sys, track1.train, track1.cli, track1.scoring; "
             "print(sorted(m for m in sys.modules if m in ('track1.standalone', 'track1.metrics')))")
@@ -220,11 +245,29 @@ def test_training_path_does_not_import_standalone():
 
 def test_config_section():
     cfg = load_config()
-    if "standalone" not in cfg:
-        pytest.skip("configs/default.yaml has no standalone section yet")
     assert set(cfg["standalone"]) == set(SECTION)
     longer = load_config(REPO / "configs" / "standalone.yaml")
     assert set(longer["standalone"]) == set(SECTION)
     assert longer["standalone"]["epochs"] > cfg["standalone"]["epochs"]
+    # The benchmark recipe is the one its committed ground truth was made with.
+    bench = load_config(REPO / "configs" / "benchmark.yaml")
+    truth = REPO / "benchmarks" / "ground_truth" / f"fmnist_w0125@{standalone.recipe_hash(bench)}.jsonl"
+    assert truth.exists(), f"{truth.name}: configs/benchmark.yaml no longer matches the committed truth"
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, ["standalone.output=x"])
+
+
+def test_standalone_command_prints_the_ceiling_and_signal_to_noise(tmp_path, monkeypatch, capsys):
+    from track1.cli import main
+    from track1.submission import write_arch_list
+    monkeypatch.setattr(standalone, "train_standalone", _Fake())
+    listed = tmp_path / "list.json"
+    write_arch_list(listed, demo_arch_list(6, 2, SPACE))
+    args = ["standalone", "--arch-list", str(listed), "--out", str(tmp_path / "gt.jsonl"),
+            "-o", "space.width_mult=0.125", "-o", "standalone.num_codes=0", "-o", "standalone.seeds=[0,1,2]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    c = standalone.ceiling(json.loads((tmp_path / "gt.json").read_text()))
+    assert c["codes"] == 6 and c["seed_std"] > 0
+    assert f"the other half {c['half_kendall']:.4f}, one seed vs another {c['pair_kendall']:.4f}" in out
+    assert f"spread of the codes {c['signal_std']:.4f} vs seed noise {c['seed_std']:.4f}" in out

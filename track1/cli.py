@@ -201,6 +201,8 @@ def cmd_standalone(cfg: dict, args) -> None:
         c = ceiling(summary)
         print(f"seed-to-seed Kendall tau (a ceiling for any predictor): mean of half the seeds vs "
               f"the other half {c['half_kendall']:.4f}, one seed vs another {c['pair_kendall']:.4f}")
+        print(f"accuracy spread of the codes {c['signal_std']:.4f} vs seed noise {c['seed_std']:.4f} "
+              f"(std): two halves of {c['seeds_for_0.8']:.0f} seeds each would agree at tau 0.8")
 
 
 def cmd_evaluate(cfg: dict, args) -> None:

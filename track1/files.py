@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 
 _UMASK = os.umask(0)
@@ -75,3 +75,27 @@ def repair_jsonl(path: str | os.PathLike) -> None:
     if data and not data.endswith(b"\n"):
         keep = data[: data.rfind(b"\n") + 1]
         write_text(path, keep.decode("utf-8"))
+
+
+def resume_log(path: str | os.PathLike, codes: Mapping[str, str],
+               setting: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """key -> record of a per-key JSONL result log that a run resumes from (torn last line cut).
+
+    A log that belongs to another run is refused with a one-line ValueError: a record whose
+    `setting` fields differ, or that gives a key of `codes` another code (two lists whose files
+    share a name, say) would otherwise be taken for this run's result.
+    """
+    repair_jsonl(path)
+    done: dict[str, dict] = {}
+    for rec in read_jsonl(path):
+        if setting:
+            found = {k: rec.get(k) for k in setting}
+            if found != dict(setting):
+                raise ValueError(f"{path}: holds scores for {found}, not {dict(setting)}; "
+                                 "use another output file")
+        key = rec["key"]
+        if key in codes and codes[key] != rec["code"]:
+            raise ValueError(f"{path}: key {key!r} was scored for code {rec['code']}, but the list "
+                             f"gives {codes[key]}; use another output file")
+        done[key] = rec
+    return done

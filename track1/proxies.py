@@ -32,7 +32,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from .files import append_jsonl, read_jsonl, repair_jsonl
+from .files import append_jsonl, resume_log
 from .space import SearchSpace, Widths
 from .supernet import ResNet
 
@@ -403,19 +403,9 @@ def score_list(name: str, codes: Mapping[str, str], space: SearchSpace, batch: O
     if name not in PROXIES:
         raise ValueError(f"unknown proxy {name!r}: expected one of {', '.join(PROXIES)}")
     setting = {"proxy": name, "seed": seed, "repeats": repeats, "act": act}
-    repair_jsonl(out_path)  # a torn last line would otherwise glue onto the next append
-    done: dict[str, dict] = {}
+    done = resume_log(out_path, codes, setting)
     by_widths: dict[Widths, dict] = {}
-    for rec in read_jsonl(out_path):
-        found = {k: rec.get(k) for k in setting}
-        if found != setting:
-            raise ValueError(f"{out_path}: holds scores for {found}, not {setting}; "
-                             "use another output file")
-        key = rec["key"]
-        if key in codes and codes[key] != rec["code"]:
-            raise ValueError(f"{out_path}: key {key!r} was scored for code {rec['code']}, "
-                             f"but the list gives {codes[key]}")
-        done[key] = rec
+    for rec in done.values():
         by_widths.setdefault(space.widths(rec["code"]), rec)
 
     groups: dict[Widths, list[str]] = {}

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from .files import append_jsonl, read_jsonl, repair_jsonl
+from .files import append_jsonl, resume_log
 from .space import SearchSpace, Widths
 from .supernet import SuperNet
 
@@ -65,8 +65,7 @@ def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib
     codes that build the same network (equal widths) are evaluated once. "seconds" is the time a
     network took, on the first of its keys (0 on the others).
     """
-    repair_jsonl(results_path)
-    done = {r["key"]: r for r in read_jsonl(results_path)}
+    done = resume_log(results_path, codes)
     known = {space.widths(r["code"]): (r["acc"], r["loss"]) for r in done.values()}
     todo: dict[Widths, list[str]] = {}
     for key, code in codes.items():

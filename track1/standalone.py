@@ -354,5 +354,25 @@ def ceiling(results, rng_seed: int = 0) -> dict:
     half = [_kendall(acc[:, [col[s] for s in a]].mean(1), acc[:, [col[s] for s in b]].mean(1))
             for a, b in splits]
     pairs = [_kendall(acc[:, col[a]], acc[:, col[b]]) for a, b in itertools.combinations(common, 2)]
+    # Signal and noise: seed_std is the spread of one code over seeds (pooled), signal_std the
+    # spread of the codes' true means (the spread of the seed means, less the noise it contains).
+    n = len(common)
+    seed_var = float(acc.var(axis=1, ddof=1).mean())
+    signal_var = max(0.0, float(acc.mean(axis=1).var(ddof=1)) - seed_var / n)
     return {"half_kendall": float(np.mean(half)), "pair_kendall": float(np.mean(pairs)),
-            "seeds": len(common), "codes": len(codes), "splits": len(splits), "pairs": len(pairs)}
+            "seeds": n, "codes": len(codes), "splits": len(splits), "pairs": len(pairs),
+            "seed_std": math.sqrt(seed_var), "signal_std": math.sqrt(signal_var),
+            "seeds_for_0.8": seeds_for_kendall(0.8, seed_var, signal_var)}
+
+
+def seeds_for_kendall(tau: float, seed_var: float, signal_var: float) -> float:
+    """Seeds per half for which two independent seed-mean rankings agree at Kendall tau, expected.
+
+    Gaussian model: a code's n-seed mean is its true mean plus noise of variance seed_var / n, so
+    two halves correlate at r = signal / (signal + seed_var / n), and Kendall = (2/pi) asin(r).
+    inf when no signal is left above the noise.
+    """
+    r = math.sin(tau * math.pi / 2)
+    if signal_var <= 0:
+        return math.inf
+    return seed_var / signal_var * r / (1 - r)
