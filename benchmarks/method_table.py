@@ -7,7 +7,7 @@ Every supernet is trained and scored by the pipeline's own commands (`train`, `s
 same data, epochs and seed set for every method; the truth file is read only here, after training,
 to compute the metrics (`evaluate`), never by `train`. `rdnas` runs with the FLOPs teacher and with
 the proxy that agrees best with the truth (choosing a teacher by looking at the truth is
-hyperparameter selection, which the competition rules allow). Writes docs/RESULTS.md and the plots.
+hyperparameter selection, which the competition rules allow). Writes the table into --results (docs/RESULTS.md) and the plots into plots/ beside it.
 """
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from track1 import checkpoint  # noqa: E402
+from track1.config import load_config  # noqa: E402
 from track1.metrics import load_scores, plot, rank_metrics  # noqa: E402
 from track1.standalone import ceiling  # noqa: E402
+from track1.train import build_space  # noqa: E402
 
 PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
 
@@ -66,7 +68,7 @@ def main() -> None:
         pred_file = out / "proxies" / "proxies" / f"benchmark_codes@{name}.json"
         m = rank_metrics(load_scores(pred_file), truth)
         proxy_tau[name] = m["kendall"]
-        rows.append((f"proxy: {name}", [m], time.time() - start))
+        rows.append((f"proxy: {name}", [m], time.time() - start, [load_scores(pred_file)]))
 
     best_proxy = max((n for n in proxy_tau if n != "flops"), key=lambda n: proxy_tau[n])
     methods = []
@@ -88,9 +90,9 @@ def main() -> None:
         run("score", *cfg, "--arch-list", str(arch_file))
         run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
         pred = load_scores(out / f"{name}.json")
-        png = REPO / "docs" / "plots" / f"{name}.png"
+        png = (REPO / args.results).parent / "plots" / f"{name}.png"  # beside the results file
         plot(pred, truth, png, title=f"{label}, seed {seed}")
-        return rank_metrics(pred, truth), seconds, png
+        return rank_metrics(pred, truth), seconds, png, pred
 
     # Independent runs in parallel, each on its share of the cores (results do not depend on it
     # beyond the thread count, which is recorded in the table's heading).
@@ -100,8 +102,8 @@ def main() -> None:
         done = list(pool.map(lambda j: supernet(*j, threads), jobs))
     for label, _, _ in methods:
         runs = [r for j, r in zip(jobs, done) if j[0] == label]
-        rows.append((label, [m for m, _, _ in runs], float(np.mean([s for _, s, _ in runs]))))
-        plots += [png for _, _, png in runs]
+        rows.append((label, [r[0] for r in runs], float(np.mean([r[1] for r in runs])), [r[3] for r in runs]))
+        plots += [r[2] for r in runs]
 
     c = ceiling(json.loads(Path(args.truth).read_text()))
     n = len(truth)
@@ -113,15 +115,21 @@ def main() -> None:
              f"on {len(truth)} codes. Supernet seeds: {args.seeds}, {args.jobs} run(s) at a time with "
              f"{threads} thread(s) each. Overrides: {' '.join(args.override) or 'none'}. Produced by:", "",
              f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
-             "| method | Kendall | Spearman | Pearson | top-5 overlap | time (s) |",
-             "|---|---|---|---|---|---|"]
-    for label, ms, secs in rows:
-        cell = lambda k: (f"{np.mean([m[k] for m in ms]):.3f}" +
-                          (f" ± {np.std([m[k] for m in ms]):.3f}" if len(ms) > 1 else ""))
-        lines.append(f"| {label} | {cell('kendall')} | {cell('spearman')} | {cell('pearson')} | "
-                     f"{cell('top5')} | {secs:.0f} |")
-    lines += ["", "± is the standard deviation over the seeds. Time: a proxy's is for all codes; a "
-              "supernet's is its training.", "",
+             "| method | Kendall | Spearman | Pearson | top-5 overlap | Kendall with FLOPs | seed vs seed | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    space = build_space(load_config(None, args.override))
+    flops = {code: float(space.flops(code)) for code in truth}
+    for label, ms, secs, preds in rows:
+        cell = lambda vals: f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
+        metric = lambda k: cell([m[k] for m in ms])
+        with_flops = cell([rank_metrics(p, flops)["kendall"] for p in preds])
+        pairs = [rank_metrics(a, b)["kendall"] for i, a in enumerate(preds) for b in preds[i + 1:]]
+        lines.append(f"| {label} | {metric('kendall')} | {metric('spearman')} | {metric('pearson')} | "
+                     f"{metric('top5')} | {with_flops} | {cell(pairs) if pairs else '-'} | {secs:.0f} |")
+    lines += ["", "Kendall, Spearman, Pearson and top-5 overlap are against the truth; ± is the standard "
+              "deviation over the seeds. Kendall with FLOPs: how much of a ranking is model size. Seed vs "
+              "seed: Kendall between the rankings of two training seeds of the same method. Time: a "
+              "proxy's is for all codes; a supernet's is its training (from the checkpoint).", "",
               "Plots: " + ", ".join(f"[{p.stem}](plots/{p.name})" for p in plots)]
     table = "\n".join(lines)
     results = REPO / args.results
