@@ -1,6 +1,6 @@
 """The method table: how well each zero-cost proxy and each supernet method ranks the benchmark codes.
 
-    .venv/bin/python benchmarks/method_table.py --truth benchmarks/ground_truth/fmnist.json \
+    .venv/bin/python benchmarks/method_table.py --truth benchmarks/ground_truth/fmnist_w0125@3e4fe936.json \
         [--seeds 0 1] [--methods spos sandwich rdnas] [-o train.epochs=2 ...]
 
 Every supernet is trained and scored by the pipeline's own commands (`train`, `score`), with the
@@ -34,10 +34,11 @@ from track1.train import build_space  # noqa: E402
 PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
 
 
-def run(*args: str) -> None:
+def run(*args: str, threads: int) -> None:
     cmd = [sys.executable, "-m", "track1", *args]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
+    # The environment variable wins over run.threads (track1.cli), so it is set here, per run.
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
 def main() -> None:
@@ -49,8 +50,10 @@ def main() -> None:
     p.add_argument("--out-dir", default="output/method_table")
     p.add_argument("--results", default="docs/RESULTS.md")
     p.add_argument("--jobs", type=int, default=1, help="supernet runs at a time (each gets cores/jobs threads)")
+    p.add_argument("--threads", type=int, default=0, help="threads per run (0 = cores / jobs)")
     p.add_argument("-o", "--override", action="append", default=[], help="override for every run")
     args = p.parse_args()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
     truth = load_scores(args.truth)
     out = REPO / args.out_dir
@@ -64,7 +67,8 @@ def main() -> None:
     proxy_tau = {}
     for name in args.proxies:
         start = time.time()
-        run("proxies", "--proxy", name, "--arch-list", str(arch_file), *common, "-o", "run.name=proxies")
+        run("proxies", "--proxy", name, "--arch-list", str(arch_file), *common, "-o", "run.name=proxies",
+            threads=threads)
         pred_file = out / "proxies" / "proxies" / f"benchmark_codes@{name}.json"
         m = rank_metrics(load_scores(pred_file), truth)
         proxy_tau[name] = m["kendall"]
@@ -84,11 +88,11 @@ def main() -> None:
         name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
         cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}",
                "-o", f"run.threads={threads}", *extra]
-        run("train", *cfg, "--resume")
+        run("train", *cfg, "--resume", threads=threads)
         # Training wall time as the checkpoint records it (added up over resumes).
         seconds = float(checkpoint.read_meta(checkpoint.latest(out / name))["train_seconds"])
-        run("score", *cfg, "--arch-list", str(arch_file))
-        run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"))
+        run("score", *cfg, "--arch-list", str(arch_file), threads=threads)
+        run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"), threads=threads)
         pred = load_scores(out / f"{name}.json")
         png = (REPO / args.results).parent / "plots" / f"{name}.png"  # beside the results file
         plot(pred, truth, png, title=f"{label}, seed {seed}")
@@ -96,7 +100,6 @@ def main() -> None:
 
     # Independent runs in parallel, each on its share of the cores (results do not depend on it
     # beyond the thread count, which is recorded in the table's heading).
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(label, preset, extra, seed) for label, preset, extra in methods for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(lambda j: supernet(*j, threads), jobs))
@@ -145,5 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
     main()
