@@ -5,6 +5,7 @@ At the end of every `monitor.every_epochs`-th epoch the training loop hands the 
 re-calibration, then the fixed validation images), writes the scores as
 <run>/monitor/<list>@epoch_NNN.json (official shape) and returns scalars for VisualDL:
 
+  monitor/acc_mean       the mean top-1 of the list;
   monitor/kendall_prev   Kendall tau with the previous check's scores (no ground truth needed:
                          a ranking that stopped moving has converged);
   monitor/kendall, monitor/spearman, monitor/top5
