@@ -25,8 +25,10 @@ import paddle
 
 from .data import calibration_batches, validation_batches
 from .files import write_json
+from .metrics import load_scores, rank_metrics
 from .scoring import score_list
 from .space import SearchSpace
+from .submission import demo_arch_list, load_arch_list
 from .supernet import SuperNet
 
 LOG_NOTE = "monitoring only: not a loss, no gradient"
@@ -36,14 +38,12 @@ class RankCheck:
     """Scores a fixed list with the supernet every `every_epochs` epochs (see the module doc)."""
 
     def __init__(self, cfg: dict, space: SearchSpace, run_dir: str | Path):
-        from .submission import demo_arch_list, load_arch_list
         m = cfg["monitor"]
         self.every = int(m["every_epochs"])
         self.space, self.mode = space, cfg["score"]["mode"]
         self.truth = None
         if m["truth"]:
             # Read here, at start-up, so a bad file fails before any training is done.
-            from .metrics import load_scores
             self.truth = load_scores(m["truth"])
         # The list: monitor.arch_list; else the truth's codes; else num_codes codes of the demo list.
         if m["arch_list"]:
@@ -67,7 +67,6 @@ class RankCheck:
 
     def __call__(self, model: SuperNet, epoch: int) -> dict[str, float]:
         """Score the list with the model as it is now; scalars for the log (see the module doc)."""
-        from .metrics import rank_metrics
         buffers = [b.clone() for b in _bn_buffers(model)]
         try:
             with paddle.no_grad():
@@ -83,7 +82,6 @@ class RankCheck:
         scalars = {"monitor/acc_mean": sum(pred.values()) / len(pred)}
         before = self.dir / f"{self.name}@epoch_{epoch - self.every:03d}.json"
         if self.previous is None and before.exists():  # a resumed run: the check before the kill
-            from .metrics import load_scores
             self.previous = load_scores(before)
         if self.previous is not None and len(pred) > 1:
             scalars["monitor/kendall_prev"] = rank_metrics(pred, self.previous, ks=())["kendall"]
