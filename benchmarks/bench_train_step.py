@@ -1,78 +1,173 @@
-"""Training step cost by method: SPOS, sandwich, and sandwich + ranking distillation (RD-NAS).
+"""Training step cost by method, optionally against another revision of the code, side by side.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--batch 128] [--steps 10] [--threads 2]
+    .venv/bin/python benchmarks/bench_train_step.py [--batch 64] [--threads 1] [--ref e48d1bf]
 
-Runs the real train_step + optimizer step of each method side by side (interleaved rounds after
-a warm-up) on the embedded default supernet and prints the median ms per step and the ratio to
-the sandwich step. The issue's target: the ranking-distillation step at most 1.5x a sandwich step.
+Each (code tree, method) runs in a worker process of its own (the tree's track1 imported, the
+thread count set before paddle is imported) holding its supernet and optimizer; the workers take
+turns, `--steps` real train_step + optimizer steps each per round, after a warm-up, so that all of
+them see the same machine conditions. Every worker uses the same subnets for the same step number
+(sampling is a function of seed and step) and random input of the default's shape. Prints the median
+ms per step, images/s and the ratio to the current tree's default step. `--ref REV` adds the
+methods that REV's code supports, from `git archive REV` (for example the commit before the
+official sub-space, whose sampler drew every conv's width independently).
 """
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--batch", type=int, default=128)
-parser.add_argument("--steps", type=int, default=8, help="steps per method per round")
-parser.add_argument("--rounds", type=int, default=3)
-parser.add_argument("--threads", type=int, default=os.cpu_count())
-parser.add_argument("-o", "--override", action="append", default=[], help="config override")
-args = parser.parse_args()
-os.environ["OMP_NUM_THREADS"] = str(args.threads)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
-from track1.config import load_config, set_value  # noqa: E402
-from track1.data import TrainData  # noqa: E402
-from track1.sampling import MarginSampler, step_subnets  # noqa: E402
-from track1.train import Teacher, build_optimizer, build_supernet, train_step  # noqa: E402
-
-base = load_config(None, [f"data.batch_size={args.batch}", "train.num_random=2", *args.override])
-methods = {
-    "spos": set_value(base, "train.sampler", "spos"),
-    "sandwich": base,
-    "rdnas (flops teacher, 2 pairs)": set_value(base, "train.ranking.enabled", True),
+ROOT = Path(__file__).resolve().parents[1]
+# name -> overrides of the default config
+METHODS = {
+    "default (sandwich, 1 random)": [],
+    "sandwich, 2 random": ["train.num_random=2"],
+    "spos": ["train.sampler=spos"],
+    "rdnas partners (2 random + 2 partners)": ["train.num_random=2", "train.ranking.enabled=true"],
+    "rdnas extra (authors: 2 random + 2 pairs of extra)": [
+        "train.num_random=2", "train.ranking.enabled=true", "train.ranking.pair_mode=extra",
+        "train.ranking.loss=second_only", "train.ranking.reduce=sum", "train.ranking.threshold=0"],
+    "rdnas free (2 random, pairs among them)": [
+        "train.num_random=2", "train.ranking.enabled=true", "train.ranking.pair_mode=free"],
 }
-space, model = build_supernet(base)
-opt, _ = build_optimizer(base, model, 1000, 100)
-x, y = next(iter(TrainData(base).batches(0)))
-sampler = MarginSampler(space)
-teacher = Teacher(methods["rdnas (flops teacher, 2 pairs)"], space)
 
 
-def one_step(cfg: dict, step: int) -> None:
-    t = cfg["train"]
-    subnets = step_subnets(space, t["sampler"], int(t["num_random"]), 0, step)
-    pairs = []
-    if t["ranking"]["enabled"]:
-        firsts = [a for role, a in subnets if role == "random"][:2]
-        pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, 0, step))]
-    train_step(model, space, subnets, x, y, cfg, pairs, teacher, 1.0)
-    opt.step()
-    opt.clear_grad(set_to_zero=False)
+def worker(root: str, overrides: list[str]) -> None:
+    """Runs in a subprocess: reads 'N' lines, runs N steps, answers the seconds they took."""
+    sys.path.insert(0, root)
+    import numpy as np
+    import paddle
 
+    from track1 import sampling
+    from track1.config import load_config
+    from track1.train import Teacher, build_optimizer, build_supernet, train_step
 
-times = {name: [] for name in methods}
-for name, cfg in methods.items():
-    one_step(cfg, 0)  # warm-up
-for r in range(args.rounds):
-    for name, cfg in methods.items():
+    cfg = load_config(None, overrides)
+    t, r = cfg["train"], cfg["train"]["ranking"]
+    space, model = build_supernet(cfg)
+    opt, _ = build_optimizer(cfg, model, 1000, 100)
+    batch = int(cfg["data"]["batch_size"])
+    res = int(cfg["space"]["resolution"])
+    x = paddle.randn([batch, 3, res, res])
+    y = paddle.to_tensor(np.random.default_rng(0).integers(0, 10, batch), dtype="int64")
+    sampler = sampling.MarginSampler(space, r["distance"], float(r["threshold"]))
+    teacher = Teacher(cfg, space)
+    step = 0
+
+    def one_step() -> None:
+        nonlocal step
+        subnets = sampling.step_subnets(space, t["sampler"], int(t["num_random"]), 0, step)
+        pairs = []
+        if r["enabled"]:
+            if hasattr(sampling, "step_pairs"):
+                added, pairs = sampling.step_pairs(space, r["pair_mode"], subnets, sampler,
+                                                   int(r["pairs"]), 0, step)
+                subnets = subnets + added
+            else:  # before the pair modes: each random subnet's partner was a role of train_step
+                firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
+                pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, 0, step))]
+        model.train()
+        train_step(model, space, subnets, x, y, cfg, pairs, teacher, 1.0)
+        opt.step()
+        opt.clear_grad(set_to_zero=False)
+        step += 1
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
         start = time.perf_counter()
-        for s in range(args.steps):
-            one_step(cfg, 1 + r * args.steps + s)  # same subnets for every method
-        times[name].append((time.perf_counter() - start) / args.steps)
+        for _ in range(n):
+            one_step()
+        print(json.dumps({"seconds": time.perf_counter() - start,
+                          "acceptance": sampler.acceptance_rate if r["enabled"] else None}), flush=True)
 
-print(f"train step, width {space.width_mult}, {space.resolution} px, batch {args.batch}, "
-      f"{args.threads} threads, median of {args.rounds} rounds x {args.steps} steps")
-print("| method | ms/step | images/s | vs sandwich |\n|---|---|---|---|")
-ref = float(np.median(times["sandwich"]))
-for name, ts in times.items():
-    med = float(np.median(ts))
-    print(f"| {name} | {med * 1e3:.0f} | {args.batch / med:.0f} | {med / ref:.2f}x |")
-print(f"margin sampler acceptance rate: {sampler.acceptance_rate:.2f}")
-print(f"\ncommand: {' '.join(sys.argv)}")
+
+def supports(root: Path, overrides: list[str]) -> bool:
+    """Whether a tree knows the ranking pair modes a method needs (older trees do not)."""
+    text = (root / "configs" / "default.yaml").read_text()
+    return not any("pair_mode" in o for o in overrides) or "pair_mode:" in text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="steps per worker per round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ref", default=None, help="also run the methods of this git revision")
+    parser.add_argument("--methods", default=None, help="comma-separated substrings of method names")
+    parser.add_argument("-o", "--override", action="append", default=[], help="config override")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker[0], args.worker[1:])
+
+    trees = {"current": ROOT}
+    tmp = None
+    if args.ref:
+        tmp = tempfile.TemporaryDirectory()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.ref], check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp.name)
+        trees[args.ref] = Path(tmp.name)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    workers = {}
+    for tree, root in trees.items():
+        for name, overrides in METHODS.items():
+            if args.methods and not any(m in name for m in args.methods.split(",")):
+                continue
+            if not supports(root, overrides):
+                continue
+            cmd = [sys.executable, __file__, "--worker", str(root), f"data.batch_size={args.batch}",
+                   *overrides, *args.override]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env=env, cwd=root)
+            assert proc.stdout.readline().strip() == "ready", f"worker {tree}/{name} failed"
+            workers[(tree, name)] = proc
+
+    def run(proc, n: int) -> dict:
+        proc.stdin.write(f"{n}\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    for proc in workers.values():
+        run(proc, 1)  # warm-up
+    times = {key: [] for key in workers}
+    last = {}
+    for _ in range(args.rounds):
+        for key, proc in workers.items():
+            last[key] = run(proc, args.steps)
+            times[key].append(last[key]["seconds"] / args.steps)
+    for proc in workers.values():
+        proc.stdin.close()
+        proc.wait()
+
+    import numpy as np
+    print(f"train step, default config (width 0.25, 32 px) at batch {args.batch}, {args.threads} "
+          f"thread(s), median of {args.rounds} rounds x {args.steps} steps per worker, workers "
+          f"interleaved; random input")
+    print("| code | method | ms/step | images/s | vs current default | margin acceptance |")
+    print("|---|---|---|---|---|---|")
+    ref = float(np.median(times[("current", "default (sandwich, 1 random)")])) \
+        if ("current", "default (sandwich, 1 random)") in times else None
+    for (tree, name), ts in times.items():
+        med = float(np.median(ts))
+        ratio = f"{med / ref:.2f}x" if ref else "-"
+        acc = last[(tree, name)]["acceptance"]
+        print(f"| {tree} | {name} | {med * 1e3:.0f} | {args.batch / med:.0f} | {ratio} | "
+              f"{'-' if acc is None else f'{acc:.2f}'} |")
+    print(f"\ncommand: {' '.join(sys.argv)}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

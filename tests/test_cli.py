@@ -141,3 +141,35 @@ def test_evaluate_writes_metrics_and_refuses_other_codes(capsys, tmp_path):
     (tmp_path / "pred.json").write_text(json.dumps(pred))
     code, err = _run(capsys, *args)
     assert code == 2 and err.startswith("error: ") and arch["arch2"] in err
+
+
+def test_codes_outside_the_official_sub_space_and_old_checkpoints_are_refused(capsys, tmp_path):
+    from track1.space import Arch, parse
+    tiny = ["-o", f"run.output_dir={tmp_path}", "-o", "run.name=sub", "-o", "space.width_mult=0.125",
+            "-o", "data.train_size=64", "-o", "data.batch_size=32", "-o", "train.max_steps=2",
+            "-o", "train.visualdl=false", "-o", "score.calib_images=32", "-o", "score.val_images=32",
+            "-o", f"submit.dir={tmp_path / 'submit'}"]
+    assert main(["train", *tiny]) == 0
+    arch = demo_arch_list(4, 3)
+    a = parse(arch["arch3"])
+    untied_stem = 1 if a.stem_ratio != 1 else 2
+    arch["arch3"] = Arch(1, a.depths, untied_stem, a.blocks).code  # a list mixing both
+    listed = tmp_path / "mixed.json"
+    write_arch_list(listed, arch)
+    for command in ("score", "submit"):
+        code, err = _run(capsys, command, *tiny, "--arch-list", str(listed))
+        assert code == 2 and err.startswith("error: ") and "\n" not in err
+        assert ("1 code outside the official sub-space" in err and "arch3" in err and arch["arch3"] in err
+                and f"stem ratio code {untied_stem} differs from stage 1's output code" in err)
+    assert not (tmp_path / "sub" / "scores").exists() and not (tmp_path / "submit").exists()
+    # A checkpoint written before the official sub-space (no format field) is refused, not resumed.
+    from track1.checkpoint import latest
+    ckpt = latest(tmp_path / "sub")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    del meta["format"]
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    official = tmp_path / "official.json"
+    write_arch_list(official, demo_arch_list(3, 3))
+    for argv in (["score", *tiny, "--arch-list", str(official)], ["train", *tiny, "--resume"]):
+        code, err = _run(capsys, *argv)
+        assert code == 2 and "checkpoint format 1, this version reads 2" in err, argv

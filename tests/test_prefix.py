@@ -20,8 +20,8 @@ def _archs() -> list[Arch]:
     out = list(base)
     for arch in base[:6]:
         # Same stem and stages 1-3; only stage 4 differs (shallower, deeper or other widths).
-        s4 = arch.blocks[3]
-        variants = [s4[:2], s4 + ((3, 3),) * (5 - len(s4)) if len(s4) < 5 else s4[:-1],
+        s4, out4 = arch.blocks[3], arch.blocks[3][0][1]
+        variants = [s4[:2], s4 + ((3, out4),) * (5 - len(s4)) if len(s4) < 5 else s4[:-1],
                     tuple((a, 7) for a, _ in s4)]
         for v in variants[: 2 if arch is base[0] else 1]:
             depths = arch.depths[:3] + (len(v),)
@@ -31,9 +31,11 @@ def _archs() -> list[Arch]:
     out.append(Arch(1, a.depths, a.stem_ratio, a.blocks[:1] + tuple(
         tuple((3, 1) for _ in pairs) for pairs in a.blocks[1:])))
     out += [base[2], base[5]]  # identical codes
-    # Stem ratio 1 vs 2 give the same width (make_divisible(60.8) == 64): other code, same net.
-    b = base[3]
-    out.append(Arch(1, b.depths, 2 if b.stem_ratio == 1 else 1, b.blocks))
+    # Stage-1 (and stem) ratio 1 vs 2 give the same width (make_divisible(60.8) == 64): other
+    # code, same net.
+    b = next(a for a in base[3:] if a.stem_ratio in (1, 2))
+    swap = 2 if b.stem_ratio == 1 else 1
+    out.append(Arch(1, b.depths, swap, (tuple((m, swap) for m, _ in b.blocks[0]),) + b.blocks[1:]))
     out += [SPACE.largest(), SPACE.smallest()]
     return out
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from track1.sampling import MarginSampler, distance, group_distance, max_hamming, step_subnets
+from track1.sampling import (PAIR_MODES, MarginSampler, distance, group_distance, max_hamming,
+                             step_pairs, step_subnets)
 from track1.space import SearchSpace, hamming, parse
 
 SPACE = SearchSpace()
@@ -40,3 +41,37 @@ def test_group_distance_weights_depth_and_width_separately():
     assert group_distance(a, deeper, depth_weight=2.0, width_weight=0.5) == 2.0
     assert group_distance(a, wider, depth_weight=2.0, width_weight=0.5) == 1.0  # |3-1| * 0.5
     assert distance(a, wider, "hamming") == 1
+
+
+def test_every_sampler_draws_from_the_official_sub_space():
+    from track1.space import official_problem
+    sampler = MarginSampler(SPACE, "hamming", threshold=33)
+    for step in range(20):
+        subnets = step_subnets(SPACE, "sandwich", 3, seed=2, step=step)
+        subnets += step_subnets(SPACE, "spos", 1, seed=2, step=step)
+        for mode in PAIR_MODES:
+            added, pairs = step_pairs(SPACE, mode, subnets, sampler, 2, seed=2, step=step)
+            archs = [a for _, a in subnets + added] + [x for p in pairs for x in p[:2]]
+            assert all(official_problem(a) is None for a in archs)
+
+
+def test_pair_modes():
+    sampler = MarginSampler(SPACE, "hamming", threshold=20)
+    subnets = step_subnets(SPACE, "sandwich", 4, seed=0, step=3)
+    randoms = [a for role, a in subnets if role == "random"]
+    added, pairs = step_pairs(SPACE, "partners", subnets, sampler, 2, 0, 3)
+    assert [a for a, _, _ in pairs] == randoms[:2] and [b for _, b in added] == [b for _, b, _ in pairs]
+    added, pairs = step_pairs(SPACE, "extra", subnets, sampler, 2, 0, 3)
+    assert len(added) == 4 and [x for p in pairs for x in p[:2]] == [a for _, a in added]
+    assert not set(randoms) & {a for _, a in added}
+    assert step_pairs(SPACE, "extra", subnets, sampler, 2, 0, 3) == (added, pairs)  # reproducible
+    added, pairs = step_pairs(SPACE, "free", subnets, sampler, 2, 0, 3)
+    assert added == [] and len(pairs) == 2
+    a, b, c, d = (x for p in pairs for x in p[:2])
+    assert len({a, b, c, d}) == 4 and all(x in randoms for x in (a, b, c, d))  # disjoint pairs
+    all_d = sorted((hamming(x, y) for i, x in enumerate(randoms) for y in randoms[i + 1:]), reverse=True)
+    assert pairs[0][2] == all_d[0] >= pairs[1][2] >= 20  # the farthest pair first
+    far = MarginSampler(SPACE, "hamming", threshold=max_hamming() + 1)
+    assert far.among(randoms, 2) == [] and far.tries == 6 and far.accepted == 0
+    with pytest.raises(ValueError, match="unknown ranking pair mode"):
+        step_pairs(SPACE, "nearest", subnets, sampler, 2, 0, 3)

@@ -4,7 +4,7 @@ import pytest
 
 from track1.files import read_jsonl
 from track1.scoring import calibrate_bn, evaluate, score_list
-from track1.space import SearchSpace
+from track1.space import Arch, CodeError, SearchSpace, parse
 from track1.submission import demo_arch_list
 from track1.supernet import SuperNet
 
@@ -49,11 +49,16 @@ def test_evaluate_counts_top1_and_loss(net):
     assert loss == pytest.approx(ce, rel=1e-5)
 
 
+def _with_stage1_output(code: str, ratio: int) -> str:
+    a = parse(code)
+    return Arch(1, a.depths, ratio, (tuple((m, ratio) for m, _ in a.blocks[0]),) + a.blocks[1:]).code
+
+
 def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch):
     codes = demo_arch_list(6, seed=1)
-    # Stem ratio codes 1 and 2 both give 64 channels (0.95 * 64 rounds back to 64): one network.
-    codes["stem1"] = codes["arch1"][:5] + "1" + codes["arch1"][6:]
-    codes["stem2"] = codes["arch1"][:5] + "2" + codes["arch1"][6:]
+    # Stage-1 (and stem) ratio codes 1 and 2 both give 64 channels (0.95 * 64 rounds back to 64):
+    # two official codes, one network.
+    codes["stem1"], codes["stem2"] = (_with_stage1_output(codes["arch1"], r) for r in (1, 2))
     assert SPACE.widths(codes["stem1"]) == SPACE.widths(codes["stem2"])
     calib, val = _batches(2, 4, 2), [(x, paddle.zeros([4], dtype="int64")) for x in _batches(1, 4, 3)]
     out = tmp_path / "scores.jsonl"
@@ -89,3 +94,16 @@ def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch
     other = {"arch1": codes["arch2"], "arch2": codes["arch1"]}
     with pytest.raises(ValueError, match="key 'arch1' was scored for code .*use another output file"):
         score_list(net, SPACE, other, calib, val, out, progress=False, mode="per_code")
+
+
+def test_score_list_refuses_a_code_outside_the_official_sub_space(net, tmp_path):
+    codes = demo_arch_list(3, seed=4)
+    a = parse(codes["arch2"])
+    untied = a.blocks[1][:-1] + ((a.blocks[1][-1][0], 3 if a.blocks[1][0][1] != 3 else 1),)
+    codes["arch2"] = Arch(1, a.depths, a.stem_ratio, (a.blocks[0], untied) + a.blocks[2:]).code
+    out = tmp_path / "scores.jsonl"
+    for mode in ("tree", "per_code"):
+        with pytest.raises(CodeError, match=f"arch2: code {codes['arch2']} is outside the official "
+                                            f"sub-space: stage 2 block {len(untied)} has output"):
+            score_list(net, SPACE, codes, [], [], out, progress=False, mode=mode)
+    assert not out.exists()  # nothing written

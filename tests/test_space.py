@@ -5,7 +5,8 @@ import numpy as np
 import paddle
 import pytest
 
-from track1.space import (CodeError, SearchSpace, hamming, make_divisible, parse, unique_widths)
+from track1.space import (OFFICIAL_CHOICES, Arch, CodeError, SearchSpace, block_plan, hamming,
+                          make_divisible, official_problem, parse, parse_official, unique_widths)
 from track1.supernet import ResNet
 
 EXAMPLE = "1252233313000000223212122253130000000000006515000000"
@@ -56,16 +57,60 @@ def test_malformed_codes_name_the_problem(code, problem):
         parse(code)
 
 
-def test_sampling_follows_the_official_distribution():
+def test_every_official_code_is_in_the_official_sub_space(official_codes):
+    assert all(official_problem(parse(c)) is None for c in official_codes)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda a: (2 if a.stem_ratio != 2 else 1, a.blocks),
+     "stem ratio code . differs from stage 1's output code"),
+    (lambda a: (a.stem_ratio, (a.blocks[0],) + ((a.blocks[1][0], (1, 3 - a.blocks[1][0][1] % 2))
+                                                 + a.blocks[1][2:],) + a.blocks[2:]),
+     "stage 2 block 2 has output ratio code ., block 1 has"),
+    (lambda a: (a.stem_ratio, a.blocks[:2] + (((6, a.blocks[2][0][1]),) + a.blocks[2][1:],)
+                + a.blocks[3:]),
+     "stage 3 block 1 has mid ratio code 6, not one of the stage's official codes 1..5"),
+    (lambda a: (a.stem_ratio, a.blocks[:2] + (tuple((1, 7) for _ in a.blocks[2]),) + a.blocks[3:]),
+     "stage 3 has output ratio code 7, not one of the stage's official codes 1..5"),
+])
+def test_official_problem_names_the_broken_tie(edit, problem):
+    a = parse(EXAMPLE)
+    assert official_problem(a) is None and parse_official(EXAMPLE) == a
+    stem, blocks = edit(a)
+    code = Arch(1, a.depths, stem, blocks).code
+    parse(code)  # still a well-formed code
+    assert official_problem(parse(code)) is not None
+    with pytest.raises(CodeError, match=f"code '{code}' is outside the official sub-space: {problem}"):
+        parse_official(code)
+
+
+def test_sampling_follows_the_official_distribution(official_codes):
     space, rng = SearchSpace(), np.random.default_rng(0)
-    archs = [space.sample(rng) for _ in range(300)]
-    assert {a.depths[2] for a in archs} == set(range(2, 9))
-    assert {a.stem_ratio for a in archs} == {1, 2, 3}
-    assert {r for a in archs for p in a.blocks[1] for r in p} == {1, 2, 3}
-    assert {r for a in archs for p in a.blocks[2] for r in p} == {1, 2, 3, 4, 5}
-    assert {r for a in archs for p in a.blocks[3] for r in p} == set(range(1, 8))
+    archs = [space.sample(rng) for _ in range(3000)]
+    assert all(official_problem(a) is None for a in [*archs, space.largest(), space.smallest()])
+    assert len({a.depths for a in archs}) > 400  # of 448
+    for stage, choices in enumerate(OFFICIAL_CHOICES):
+        outs = np.array([a.blocks[stage][0][1] for a in archs])
+        mids = np.array([m for a in archs for m, _ in a.blocks[stage]])
+        for values in (outs, mids):  # uniform over the stage's choices
+            freq = np.bincount(values, minlength=8)[list(choices)] / len(values)
+            np.testing.assert_allclose(freq, 1 / len(choices), atol=0.035)
+    # The same marginals as the official list: mean depth and mean FLOPs within a few percent.
+    official = [parse(c) for c in official_codes[::30]]
+    for f in (lambda a: sum(a.depths), space.flops):
+        ours, theirs = np.mean([f(a) for a in archs]), np.mean([f(a) for a in official])
+        assert abs(ours / theirs - 1) < 0.03
     assert space.flops(space.smallest()) < min(space.flops(a) for a in archs)
     assert space.flops(space.largest()) > max(space.flops(a) for a in archs)
+
+
+def test_projections_only_on_the_first_block_of_stages_2_to_4():
+    space, rng = SearchSpace(width_mult=0.25), np.random.default_rng(5)
+    for arch in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(50)]:
+        plan = block_plan(space.widths(arch))
+        assert [(b.stage, b.index) for b in plan if b.projection] == [(1, 0), (2, 0), (3, 0)]
+    untied = parse("1" + EXAMPLE[1:5] + "1" + EXAMPLE[6:])  # stem 1, stage 1 output 3
+    assert [(b.stage, b.index) for b in block_plan(space.widths(untied)) if b.projection][0] == (0, 0)
 
 
 def test_width_mult_keeps_the_code_to_network_map():

@@ -5,8 +5,7 @@ import paddle
 import pytest
 
 from track1 import checkpoint
-from track1.config import config_hash, run_dir
-from track1.losses import rank_loss, rank_weight, soft_cross_entropy
+from track1.config import ConfigError, config_hash, run_dir
 from track1.train import build_supernet, lr_factor, train
 
 from conftest import tiny_config
@@ -70,60 +69,63 @@ def test_lr_warmup_then_cosine():
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
 
 
-def test_soft_cross_entropy_matches_numpy():
-    logits = paddle.to_tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
-    target = paddle.to_tensor([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
-    lg = logits.numpy()
-    logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
-    expected = -(target.numpy() * logp).sum(1).mean()
-    assert soft_cross_entropy(logits, target).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_rank_losses_penalise_only_disagreeing_order():
-    la = paddle.to_tensor(2.0, stop_gradient=False)
-    lb = paddle.to_tensor(1.0, stop_gradient=False)
-    # a is better by the teacher but has the larger loss: penalised, gradient only on a.
-    loss = rank_loss(la, lb, z_a=5.0, z_b=1.0, kind="authors")
-    assert loss.item() == pytest.approx(1.0)
-    loss.backward()
-    assert la.grad.item() == 1.0 and lb.grad is None
-    assert rank_loss(la, lb, z_a=1.0, z_b=5.0, kind="authors").item() == 0.0
-    assert rank_loss(la, lb, z_a=5.0, z_b=1.0, kind="margin", margin=0.5).item() == pytest.approx(1.5)
-    assert rank_loss(la, lb, z_a=1.0, z_b=5.0, kind="margin", margin=0.5).item() == 0.0
-    assert rank_loss(la, lb, z_a=1.0, z_b=1.0).item() == 0.0
-
-
-def test_rank_weight_schedules():
-    assert rank_weight(5, 50, "linear", 2.0, 10) == 0.5
-    assert rank_weight(40, 50, "linear", 2.0, 10) == 2.0
-    assert rank_weight(25, 50, "sin", 2.0, 10) == pytest.approx(2 * np.sin(0.4 * np.pi))
-
-
-def test_ranking_distillation_step_adds_partner_and_rank_loss(tmp_path):
-    from track1.sampling import MarginSampler, step_subnets
+def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
+    """Stem gradients of one RD-NAS step per lambda, its scalars, subnets and pairs."""
+    from track1.sampling import MarginSampler, step_pairs, step_subnets
     from track1.train import Teacher, train_step
     # A margin of 10 makes every pair's rank loss positive, so lambda must move the gradient.
     cfg = tiny_config(tmp_path, "train.ranking.enabled=true", "train.ranking.threshold=20",
-                      "train.ranking.margin=10")
+                      "train.ranking.margin=10", f"train.ranking.pair_mode={mode}", *overrides)
     space, model = build_supernet(cfg)
     x = paddle.randn([8, 3, 32, 32])
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
-    subnets = step_subnets(space, "sandwich", 2, seed=0, step=0)
-    firsts = [a for role, a in subnets if role == "random"]
-    partners = MarginSampler(space, threshold=20).partners(firsts, seed=0, step=0)
-    pairs = [(a, b, d) for a, (b, d) in zip(firsts, partners)]
+    subnets = step_subnets(space, "sandwich", 3, seed=0, step=0)
+    added, pairs = step_pairs(space, mode, subnets, MarginSampler(space, threshold=20), 2, 0, 0)
     teacher = Teacher(cfg, space)
     grads = []
-    for lam in (0.0, 1.0):
+    for lam in lams:
         model.clear_gradients()
-        scalars = train_step(model, space, subnets, x, y, cfg, pairs, teacher, lam)
+        scalars = train_step(model, space, subnets + added, x, y, cfg, pairs, teacher, lam)
         grads.append(model.stem_conv.weight.grad.numpy().copy())
+    model.clear_gradients()
+    train_step(model, space, subnets, x, y, cfg)  # the same step without ranking
+    grads.append(model.stem_conv.weight.grad.numpy().copy())
+    return grads, scalars, subnets, added, pairs, teacher, space
+
+
+def test_ranking_distillation_step_adds_partner_and_rank_loss(tmp_path):
+    grads, scalars, subnets, added, pairs, teacher, space = _rank_step(tmp_path, "partners")
+    assert not np.allclose(grads[0], grads[2], rtol=1e-4)  # the partners distil even at lambda 0
+    firsts = [a for role, a in subnets if role == "random"][:2]
+    assert [a for a, _, _ in pairs] == firsts and [r for r, _ in added] == ["partner"] * 2
     assert {"loss/largest", "loss/smallest", "loss/random", "loss/partner", "rank/loss",
             "rank/agree", "rank/lambda"} <= scalars.keys()
     assert 0.0 <= scalars["rank/agree"] <= 1.0 and scalars["rank/lambda"] == 1.0
     assert teacher.cache[space.widths(firsts[0])] == space.flops(firsts[0])
     assert scalars["rank/loss"] > 0
     assert not np.array_equal(grads[0], grads[1])
+
+
+def test_extra_pairs_learn_only_through_the_rank_term(tmp_path):
+    grads, scalars, subnets, added, pairs, _, _ = _rank_step(
+        tmp_path, "extra", "train.ranking.loss=second_only", "train.ranking.reduce=sum")
+    assert [r for r, _ in added] == ["pair"] * 4 and len(pairs) == 2
+    assert not {a for a, _, _ in pairs} & {a for _, a in subnets}  # extra subnets
+    assert "loss/pair" not in scalars and scalars["rank/loss"] > 0
+    at_zero, at_one, without_pairs = grads
+    # At lambda 0 the pair subnets add nothing (they have no loss of their own); at 1 they do.
+    np.testing.assert_allclose(at_zero, without_pairs, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(at_one, without_pairs, rtol=1e-4)
+
+
+def test_free_pairs_come_from_the_steps_own_random_subnets(tmp_path):
+    grads, scalars, subnets, added, pairs, _, _ = _rank_step(tmp_path, "free")
+    randoms = [a for role, a in subnets if role == "random"]
+    assert added == [] and pairs and all(a in randoms and b in randoms and d >= 20 for a, b, d in pairs)
+    assert scalars["rank/loss"] > 0 and not np.array_equal(grads[0], grads[1])
+    with pytest.raises(ConfigError, match="pair_mode=free .* train.num_random >= 2"):
+        train(tiny_config(tmp_path / "bad", "train.ranking.enabled=true",
+                          "train.ranking.pair_mode=free", "train.num_random=1"), progress=False)
 
 
 def test_training_has_no_way_to_receive_ground_truth(capsys):
@@ -149,3 +151,25 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
              "print(sorted(m for m in sys.modules if m in ('track1.standalone', 'track1.metrics', 'track1.monitor')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_subnet_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_path):
+    from track1.scoring import score_widths
+    from track1.space import official_problem
+    from track1.train import probe_subnets, subnet_health
+    cfg = tiny_config(tmp_path)
+    space, model = build_supernet(cfg)
+    probes = probe_subnets(space, 3)
+    assert probes == probe_subnets(space, 3) and all(official_problem(a) is None for a in probes)
+    rng = np.random.default_rng(0)
+    calib = [paddle.to_tensor(rng.normal(size=(16, 3, 32, 32)).astype("float32"))]
+    x = paddle.to_tensor(rng.normal(size=(20, 3, 32, 32)).astype("float32"))
+    model.eval()
+    val = [(x, model(x, space.widths(probes[1])).argmax(axis=1))]  # labels that spread the accuracies
+    buffers = [b.numpy().copy() for b in model.buffers()]
+    top1 = subnet_health(model, space, 3, (calib, val))
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(buffers, model.buffers()))
+    expected = [score_widths(model, space.widths(a), calib, val)[0] for a in probes]
+    assert top1["probe_mean"] == pytest.approx(np.mean(expected)) and top1["probe_max"] == max(expected)
+    assert top1["largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
+    assert set(top1) == {"largest", "smallest", "probe_mean", "probe_min", "probe_max"}

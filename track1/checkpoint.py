@@ -16,6 +16,11 @@ from .files import write_json
 # point at it, so a crash at any moment leaves the previous checkpoint intact and in use.
 
 
+# 2: the supernet of the official tied sub-space (a projection only on the first block of stages
+# 2-4); format 1 (no field) held one in every block and trained on untied subnets.
+FORMAT = 2
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupted, or from another config."""
 
@@ -32,6 +37,7 @@ def save(run_dir: Path, tag: str, model: paddle.nn.Layer, state: dict, meta: dic
     tmp.mkdir(parents=True)
     paddle.save(model.state_dict(), str(tmp / "model.pdparams"))
     paddle.save(state, str(tmp / "train.pdopt"))
+    meta = {"format": FORMAT, **meta}
     write_json(tmp / "meta.json", meta, indent=1)
     if final.exists():
         shutil.rmtree(final)
@@ -77,6 +83,10 @@ def load_weights(path: Path, model: paddle.nn.Layer, expect_hash: str | None = N
     """Load model.pdparams into model; returns the meta. Refuses another config's checkpoint."""
     path = Path(path)
     meta = read_meta(path)
+    if meta.get("format", 1) != FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format', 1)}, this version reads {FORMAT} (the "
+            f"supernet of the official tied sub-space); train it again")
     if expect_hash is not None and meta.get("config_hash") != expect_hash:
         raise CheckpointError(
             f"{path}: written by a different config (hash {meta.get('config_hash')}, this config "
@@ -84,10 +94,12 @@ def load_weights(path: Path, model: paddle.nn.Layer, expect_hash: str | None = N
     weights = _load(path / "model.pdparams")
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
     bad = [k for k in own if k in weights and list(weights[k].shape) != list(own[k].shape)]
-    if missing or bad:
+    if missing or extra or bad:
         raise CheckpointError(f"{path / 'model.pdparams'}: does not fit this supernet "
-                              f"({len(missing)} tensors missing, {len(bad)} of another shape)")
+                              f"({len(missing)} tensors missing, {len(extra)} unknown, "
+                              f"{len(bad)} of another shape)")
     model.set_state_dict(weights)
     return meta
 

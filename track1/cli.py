@@ -66,19 +66,20 @@ def _set_threads(cfg: dict) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def arch_list(cfg: dict, given: str | None) -> tuple[dict[str, str], str]:
-    """(key -> code, list name). Without a list, a demo list sampled like the official one."""
+def arch_list(cfg: dict, given: str | None, official: bool = False) -> tuple[dict[str, str], str]:
+    """(key -> code, list name). Without a list, a demo list sampled like the official one.
+    official=True refuses codes outside the official sub-space (for what uses the supernet)."""
     from .submission import demo_arch_list, load_arch_list, write_arch_list
     path = given or cfg["score"]["arch_list"]
     if path:
-        return load_arch_list(path), Path(path).stem
+        return load_arch_list(path, official), Path(path).stem
     demo = run_dir(cfg) / "demo_arch_list.json"
     n, seed = int(cfg["score"]["demo_size"]), int(cfg["score"]["demo_seed"])
     if not demo.exists():
         write_arch_list(demo, demo_arch_list(n, seed))
     print(f"no architecture list given (score.arch_list / ARCH_LIST): using a demo list of {n} codes "
           f"sampled like the official one, {demo}", file=sys.stderr)
-    return load_arch_list(demo), demo.stem
+    return load_arch_list(demo, official), demo.stem
 
 
 def _checkpoint(cfg: dict, given: str | None) -> Path:
@@ -123,9 +124,12 @@ def cmd_prepare(cfg: dict, args) -> None:
 
 def cmd_train(cfg: dict, args) -> None:
     from .train import train
+    from .checkpoint import read_meta
+    from .train import describe_health
     final = train(cfg, resume=args.resume, progress=True)
     if final is not None:  # None on the ranks other than 0 of a distributed run
-        print(f"trained: {final}")
+        top1 = read_meta(final).get("val_top1")
+        print(f"trained: {final}" + (f": {describe_health(top1)}" if top1 else ""))
 
 
 def cmd_score(cfg: dict, args) -> None:
@@ -134,7 +138,7 @@ def cmd_score(cfg: dict, args) -> None:
     from .data import calibration_batches, validation_batches
     from .scoring import score_list, summarize
     from .train import build_supernet
-    codes, name = arch_list(cfg, args.arch_list)
+    codes, name = arch_list(cfg, args.arch_list, official=True)
     ckpt = _checkpoint(cfg, args.checkpoint)
     space, model = build_supernet(cfg)
     load_weights(ckpt, model, expect_hash=config_hash(cfg))
@@ -143,12 +147,12 @@ def cmd_score(cfg: dict, args) -> None:
     out = _scores_path(cfg, name, ckpt, shard)
     records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out,
                          mode=cfg["score"]["mode"])
-    print(f"scored {len(records)} codes with {ckpt} -> {out}: {summarize(records)}")
+    print(f"scored with {ckpt} -> {out}: {summarize(records)}")
 
 
 def cmd_submit(cfg: dict, args) -> None:
     from .submission import SubmissionError, merge_shards, write_submission
-    codes, name = arch_list(cfg, args.arch_list)
+    codes, name = arch_list(cfg, args.arch_list, official=True)
     ckpt = _checkpoint(cfg, args.checkpoint)
     unsharded = _scores_path(cfg, name, ckpt)
     files = [unsharded] + sorted(unsharded.parent.glob(f"{name}@{ckpt.name}.shard*of*.jsonl"))

@@ -16,26 +16,34 @@ def soft_cross_entropy(logits: paddle.Tensor, target_probs: paddle.Tensor) -> pa
     return -(target_probs * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
 
 
+RANK_LOSSES = ("better_only", "margin", "second_only")
+
+
 def rank_loss(loss_a: paddle.Tensor, loss_b: paddle.Tensor, z_a: float, z_b: float,
-              kind: str = "authors", margin: float = 0.0) -> paddle.Tensor:
+              kind: str = "better_only", margin: float = 0.0) -> paddle.Tensor:
     """Penalise a pair of supernet losses whose order disagrees with the teacher's scores z.
 
-    Higher z = predicted better = should have the lower loss.
-    - "authors" (RD-NAS code): only the better-by-teacher subnet's loss gets gradient:
-      relu(L_better - stopgrad(L_worse) + margin).
-    - "margin" (RD-NAS paper): margin ranking loss max(0, sign(z_a - z_b) * (L_a - L_b) + margin),
-      with gradient through both losses.
-    Ties in z carry no order and give zero loss.
+    Higher z = predicted better = should have the lower loss. The kinds differ in which loss gets
+    the gradient:
+    - "better_only": relu(L_better - sg(L_worse) + m); ties in z give zero.
+    - "margin" (RD-NAS paper): max(0, sign(z_a - z_b) * (L_a - L_b) + m), through both; ties zero.
+    - "second_only" (RD-NAS authors' released step): only L_b moves. If z_a < z_b (b better):
+      relu(L_b - sg(L_a) + m), pushing L_b down; else (ties included) relu(sg(L_a) - L_b + m),
+      pushing L_b UP until it is no lower than L_a.
     """
+    if kind == "second_only":
+        if z_a < z_b:
+            return F.relu(loss_b - loss_a.detach() + margin)
+        return F.relu(loss_a.detach() - loss_b + margin)
+    if kind not in RANK_LOSSES:
+        raise ValueError(f"unknown rank loss {kind!r}: expected {', '.join(RANK_LOSSES)}")
     if z_a == z_b:
         return paddle.zeros([], dtype=loss_a.dtype)
-    if kind == "authors":
+    if kind == "better_only":
         better, worse = (loss_a, loss_b) if z_a > z_b else (loss_b, loss_a)
         return F.relu(better - worse.detach() + margin)
-    if kind == "margin":
-        sign = 1.0 if z_a > z_b else -1.0
-        return F.relu(sign * (loss_a - loss_b) + margin)
-    raise ValueError(f"unknown rank loss {kind!r}: expected authors or margin")
+    sign = 1.0 if z_a > z_b else -1.0
+    return F.relu(sign * (loss_a - loss_b) + margin)
 
 
 def rank_weight(epoch: float, total_epochs: float, schedule: str, cap: float, ramp: float) -> float:

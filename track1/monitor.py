@@ -28,7 +28,7 @@ from .files import write_json
 from .metrics import load_scores, rank_metrics
 from .scoring import score_list
 from .space import SearchSpace
-from .submission import demo_arch_list, load_arch_list
+from .submission import check_official, demo_arch_list, load_arch_list
 from .supernet import SuperNet
 
 LOG_NOTE = "monitoring only: not a loss, no gradient"
@@ -55,6 +55,7 @@ class RankCheck:
             s = cfg["score"]
             self.codes = demo_arch_list(int(m["num_codes"]), int(s["demo_seed"]), space)
             self.name = f"demo{len(self.codes)}"
+        check_official(m["arch_list"] or m["truth"] or self.name, self.codes)  # fail before training
         self.dir = Path(run_dir) / "monitor"
         calib_cfg = {**cfg, "score": {**cfg["score"], "calib_images": int(m["calib_images"]),
                                       "val_images": int(m["val_images"])}}

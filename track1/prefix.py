@@ -49,7 +49,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out
+from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out, needs_projection
 from .supernet import SuperNet
 
 
@@ -99,7 +99,7 @@ def _layer_macs(space: SearchSpace, key: tuple, c_in: int, h: int) -> tuple[int,
     ho = _conv_out(h, 3, stride, 1)
     area = ho * ho
     macs = mid * area * c_in * 9 + 2 * mid * area + out * area * mid * 9 + 2 * out * area
-    if stride != 1 or c_in != out:
+    if needs_projection(c_in, out, stride):
         macs += out * area * c_in + 2 * out * area
     return macs, out, ho
 
@@ -251,7 +251,7 @@ class _LayerEngine:
             layer, bns = model.stem_bn, [model.stem_bn]
         else:
             layer = model.stages[key[0]][key[1]]
-            bns = [layer.bn1, layer.bn2, layer.shortcut_bn]
+            bns = [layer.bn1, layer.bn2] + ([layer.shortcut_bn] if layer.projection else [])
         calib, evals = acts
         layer.train()
         out_calib = []
@@ -301,7 +301,7 @@ class _FastEngine:
         # DynamicBlock.forward with FastConv and per-part BN (tests check that the two agree).
         y = F.relu(self._bn(block.bn1, conv(block.conv1, x, mid)))
         y = self._bn(block.bn2, conv(block.conv2, y, out))
-        if block.stride != 1 or x.shape[1] != out:
+        if block.projection:
             x = self._bn(block.shortcut_bn, conv(block.shortcut_conv, x, out))
         return block.act(y + x)
 

@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from .files import append_jsonl, resume_log
-from .space import SearchSpace, Widths
+from .space import CodeError, SearchSpace, Widths, official_problem, parse
 from .supernet import SuperNet
 
 
@@ -65,6 +65,10 @@ def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib
     codes that build the same network (equal widths) are evaluated once. "seconds" is the time a
     network took, on the first of its keys (0 on the others).
     """
+    for key, code in codes.items():  # before anything is written
+        problem = official_problem(parse(code))
+        if problem:
+            raise CodeError(f"{key}: code {code} is outside the official sub-space: {problem}")
     done = resume_log(results_path, codes)
     known = {space.widths(r["code"]): (r["acc"], r["loss"]) for r in done.values()}
     todo: dict[Widths, list[str]] = {}
@@ -105,7 +109,11 @@ def _record(key: str, code: str, acc: float, loss: float, seconds: float) -> dic
     return {"key": key, "code": code, "acc": acc, "loss": loss, "seconds": round(seconds, 4)}
 
 
-def summarize(records: dict[str, dict]) -> dict:
+def summarize(records: dict[str, dict]) -> str:
+    """The spread of a list's top-1: what a user checks first (a collapsed supernet scores every code
+    alike; a broken one scores them at chance)."""
     accs = np.array([r["acc"] for r in records.values()])
-    return {"codes": len(accs), "acc_mean": float(accs.mean()), "acc_min": float(accs.min()),
-            "acc_max": float(accs.max())}
+    q10, q50, q90 = np.percentile(accs, [10, 50, 90])
+    return (f"top-1 mean {accs.mean():.4f}, std {accs.std():.4f}, min {accs.min():.4f}, "
+            f"10% {q10:.4f}, median {q50:.4f}, 90% {q90:.4f}, max {accs.max():.4f} "
+            f"over {len(accs)} codes")

@@ -1,8 +1,8 @@
-"""Search space of Track 1: the 52-character architecture code, widths, sampling, FLOPs and params."""
+"""Search space of Track 1: the 52-character code, the official tied sub-space, widths, sampling, FLOPs."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -14,9 +14,10 @@ MAX_DEPTHS = (5, 5, 8, 5)
 DEPTH_CHOICES = ((2, 3, 4, 5), (2, 3, 4, 5), (2, 3, 4, 5, 6, 7, 8), (2, 3, 4, 5))
 RATIOS = {1: 1.0, 2: 0.95, 3: 0.9, 4: 0.85, 5: 0.8, 6: 0.75, 7: 0.7}
 RESOLUTIONS = {1: 224}
-# Ratio codes that occur in the official 45k list (and so the ones the supernet is trained on).
-OFFICIAL_STEM_CHOICES = (1, 2, 3)
-OFFICIAL_STAGE_CHOICES = ((1, 2, 3), (1, 2, 3), (1, 2, 3, 4, 5), (1, 2, 3, 4, 5, 6, 7))
+# The official list is a tied sub-space of the code (all 45,000 codes obey it): each stage has ONE
+# output ratio code shared by all its blocks, the stem's code equals stage 1's, and each block's
+# first-conv (mid) code is free. The ratio codes a stage's output and mids take there:
+OFFICIAL_CHOICES = ((1, 2, 3), (1, 2, 3), (1, 2, 3, 4, 5), (1, 2, 3, 4, 5, 6, 7))
 # Offsets of each stage's segment inside the code: two digits per block, max blocks per stage.
 STAGE_OFFSETS = tuple(6 + 2 * sum(MAX_DEPTHS[:i]) for i in range(4))
 
@@ -32,6 +33,24 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new_value < 0.9 * value:
         new_value += divisor
     return new_value
+
+
+def needs_projection(c_in: int, c_out: int, stride: int) -> bool:
+    """The one shortcut rule: a 1x1 conv + BN when the stride or the width changes, else identity.
+    In the official sub-space this holds exactly on the first block of stages 2-4."""
+    return stride != 1 or c_in != c_out
+
+
+class Block(NamedTuple):
+    """One residual block of a concrete network, as block_plan lists them."""
+
+    stage: int
+    index: int  # in its stage
+    c_in: int
+    mid: int
+    c_out: int
+    stride: int
+    projection: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +128,39 @@ def parse(code: str) -> Arch:
     return Arch(res, depths, stem, tuple(blocks))  # type: ignore[arg-type]
 
 
+def official_problem(arch: Arch) -> str | None:
+    """Why arch lies outside the official tied sub-space (which tie or choice it breaks), else None."""
+    for stage, pairs in enumerate(arch.blocks):
+        choices, out = OFFICIAL_CHOICES[stage], pairs[0][1]
+        for block, (mid, c_out) in enumerate(pairs):
+            if c_out != out:
+                return (f"stage {stage + 1} block {block + 1} has output ratio code {c_out}, block 1 "
+                        f"has {out} (a stage's blocks share one output width)")
+            if mid not in choices:
+                return (f"stage {stage + 1} block {block + 1} has mid ratio code {mid}, not one of "
+                        f"the stage's official {_choice_text(choices)}")
+        if out not in choices:
+            return (f"stage {stage + 1} has output ratio code {out}, not one of the stage's official "
+                    f"{_choice_text(choices)}")
+    if arch.stem_ratio != arch.blocks[0][0][1]:
+        return (f"stem ratio code {arch.stem_ratio} differs from stage 1's output code "
+                f"{arch.blocks[0][0][1]} (the stem feeds stage 1 without a projection)")
+    return None
+
+
+def parse_official(code: str) -> Arch:
+    """parse, then refuse a code outside the official sub-space (the supernet holds only it)."""
+    arch = parse(code)
+    problem = official_problem(arch)
+    if problem is not None:
+        raise CodeError(f"code {code!r} is outside the official sub-space: {problem}")
+    return arch
+
+
+def _choice_text(choices: tuple[int, ...]) -> str:
+    return f"codes {choices[0]}..{choices[-1]}"
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """The ResNet48 space at a given width multiplier, input resolution and class count.
@@ -121,8 +173,6 @@ class SearchSpace:
     resolution: int = 224
     num_classes: int = 1000
     in_channels: int = 3
-    stem_choices: tuple[int, ...] = OFFICIAL_STEM_CHOICES
-    stage_choices: tuple[tuple[int, ...], ...] = OFFICIAL_STAGE_CHOICES
 
     def width(self, base: int, ratio_code: int) -> int:
         return max(1, int(round(make_divisible(base * RATIOS[ratio_code]) * self.width_mult)))
@@ -138,24 +188,21 @@ class SearchSpace:
             for s, pairs in enumerate(arch.blocks))
         return Widths(self.width(STEM_BASE, arch.stem_ratio), blocks)
 
-    # -- sampling ---------------------------------------------------------------------------------
+    # -- sampling (the official sub-space and its distribution) -----------------------------------
     def largest(self) -> Arch:
-        return Arch(1, tuple(MAX_DEPTHS), 1, tuple(((1, 1),) * d for d in MAX_DEPTHS))  # type: ignore
+        return _tied(tuple(MAX_DEPTHS), tuple(c[0] for c in OFFICIAL_CHOICES))
 
     def smallest(self) -> Arch:
-        depths = tuple(c[0] for c in DEPTH_CHOICES)
-        blocks = tuple(((max(self.stage_choices[s]),) * 2,) * d for s, d in enumerate(depths))
-        return Arch(1, depths, max(self.stem_choices), blocks)  # type: ignore[arg-type]
+        return _tied(tuple(c[0] for c in DEPTH_CHOICES), tuple(c[-1] for c in OFFICIAL_CHOICES))
 
     def sample(self, rng: np.random.Generator) -> Arch:
-        """Uniform over depths and over each ratio code, as the official list is distributed."""
+        """As the official list is distributed: each stage's depth and output code uniform, the
+        stem tied to stage 1's output, every block's mid code uniform over its stage's choices."""
         depths = tuple(int(rng.choice(c)) for c in DEPTH_CHOICES)
-        stem = int(rng.choice(self.stem_choices))
-        blocks = tuple(
-            tuple((int(rng.choice(self.stage_choices[s])), int(rng.choice(self.stage_choices[s])))
-                  for _ in range(d))
-            for s, d in enumerate(depths))
-        return Arch(1, depths, stem, blocks)  # type: ignore[arg-type]
+        outs = tuple(int(rng.choice(c)) for c in OFFICIAL_CHOICES)
+        mids = tuple(tuple(int(rng.choice(OFFICIAL_CHOICES[s])) for _ in range(d))
+                     for s, d in enumerate(depths))
+        return _tied(depths, outs, mids)
 
     # -- analytic cost (the counting convention of paddle.flops) ---------------------------------
     def flops(self, arch: Arch | str | Widths) -> int:
@@ -164,13 +211,13 @@ class SearchSpace:
         h = _conv_out(self.resolution, 7, 2, 3)
         total = w.stem * h * h * self.in_channels * 49 + 2 * w.stem * h * h
         h = _conv_out(h, 3, 2, 1)  # max pool: zero FLOPs in paddle.flops
-        for _, _, c_in, mid, c_out, stride in block_plan(w):
-            ho = _conv_out(h, 3, stride, 1)
+        for b in block_plan(w):
+            ho = _conv_out(h, 3, b.stride, 1)
             area = ho * ho
-            total += mid * area * c_in * 9 + 2 * mid * area
-            total += c_out * area * mid * 9 + 2 * c_out * area
-            if stride != 1 or c_in != c_out:
-                total += c_out * area * c_in + 2 * c_out * area
+            total += b.mid * area * b.c_in * 9 + 2 * b.mid * area
+            total += b.c_out * area * b.mid * 9 + 2 * b.c_out * area
+            if b.projection:
+                total += b.c_out * area * b.c_in + 2 * b.c_out * area
             h = ho
         total += (h * h + 1) * w.out_channels  # adaptive average pool
         total += w.out_channels * self.num_classes
@@ -180,20 +227,30 @@ class SearchSpace:
         """Trainable parameters (conv weights without bias, BN scale+shift, linear weight+bias)."""
         w = arch if isinstance(arch, Widths) else self.widths(arch)
         total = self.in_channels * w.stem * 49 + 2 * w.stem
-        for _, _, c_in, mid, c_out, stride in block_plan(w):
-            total += c_in * mid * 9 + 2 * mid + mid * c_out * 9 + 2 * c_out
-            if stride != 1 or c_in != c_out:
-                total += c_in * c_out + 2 * c_out
+        for b in block_plan(w):
+            total += b.c_in * b.mid * 9 + 2 * b.mid + b.mid * b.c_out * 9 + 2 * b.c_out
+            if b.projection:
+                total += b.c_in * b.c_out + 2 * b.c_out
         total += w.out_channels * self.num_classes + self.num_classes
         return int(total)
 
 
-def block_plan(w: Widths) -> list[tuple[int, int, int, int, int, int]]:
-    """(stage, index in stage, in_channels, mid, out, stride) for every block, in order."""
+def _tied(depths: tuple[int, ...], outs: tuple[int, ...],
+          mids: tuple[tuple[int, ...], ...] | None = None) -> Arch:
+    """The official-sub-space arch of these depths and per-stage output codes (mids default to
+    the outputs); the stem takes stage 1's output code."""
+    mids = mids or tuple((o,) * d for o, d in zip(outs, depths))
+    blocks = tuple(tuple((m, o) for m in ms) for ms, o in zip(mids, outs))
+    return Arch(1, depths, outs[0], blocks)  # type: ignore[arg-type]
+
+
+def block_plan(w: Widths) -> list[Block]:
+    """Every block of the network, in order, with its input width, stride and shortcut."""
     plan, c_in = [], w.stem
     for stage, pairs in enumerate(w.blocks):
         for i, (mid, c_out) in enumerate(pairs):
-            plan.append((stage, i, c_in, mid, c_out, STAGE_STRIDES[stage] if i == 0 else 1))
+            stride = STAGE_STRIDES[stage] if i == 0 else 1
+            plan.append(Block(stage, i, c_in, mid, c_out, stride, needs_projection(c_in, c_out, stride)))
             c_in = c_out
     return plan
 

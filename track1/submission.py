@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from track1 import files
-from track1.space import CodeError, SearchSpace, parse
+from track1.space import CodeError, SearchSpace, official_problem, parse
 
 MAX_NAMED_KEYS = 5  # how many offending keys a message names before it only counts the rest
 ENTRY_SHAPE = '{"acc": number, "arch": string}'
@@ -99,8 +99,9 @@ def _json_type(value: Any) -> str:
             int: "a number", float: "a number", dict: "an object"}.get(type(value), "a value")
 
 
-def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
-    """key -> code of an official-format list, in file order; every code is checked by parse."""
+def load_arch_list(path: str | os.PathLike, official: bool = False) -> dict[str, str]:
+    """key -> code of an official-format list, in file order; every code is checked by parse and,
+    with official=True (what the supernet can score), against the official tied sub-space."""
     data = read_json_object(path)
     if not data:
         raise SubmissionError(f"{path}: the list has no entries")
@@ -115,7 +116,20 @@ def load_arch_list(path: str | os.PathLike) -> dict[str, str]:
         raise SubmissionError(f"{path}: {count_phrase(len(bad_shape), 'entry', 'entries')} not an "
                               f"object with a string \"arch\": {some_keys(bad_shape)}")
     check_codes(path, codes)
+    if official:
+        check_official(path, codes)
     return codes
+
+
+def check_official(path, codes: dict[str, str]) -> None:
+    """Raise SubmissionError naming the keys whose codes lie outside the official sub-space."""
+    problems = {k: p for k, p in ((k, official_problem(parse(c))) for k, c in codes.items()) if p}
+    if problems:
+        first = next(iter(problems))
+        raise SubmissionError(
+            f"{path}: {count_phrase(len(problems), 'code')} outside the official sub-space the "
+            f"supernet holds: {some_keys(list(problems))} (first, {_name(first)}, code "
+            f"{codes[first]}: {problems[first]})")
 
 
 def check_codes(path, codes: dict[str, str]) -> None:

@@ -8,28 +8,34 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, make_activation
-from .space import SearchSpace, Widths, block_plan
+from .space import Block, CodeError, SearchSpace, Widths, block_plan
 
 # The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
 # ...), so exporting a subnet is a leading slice of every same-named tensor.
 
 
 class DynamicBlock(nn.Layer):
-    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+    """A BasicBlock over max widths. Only the blocks whose shortcut the official sub-space always
+    projects (the first of stages 2-4) own a projection; every other block adds the identity."""
+
+    def __init__(self, b: Block, act: str):
         super().__init__()
-        self.stride = stride
-        self.conv1, self.bn1 = DynamicConv2D(c_in, mid, 3, stride, 1), DynamicBatchNorm2D(mid)
-        self.conv2, self.bn2 = DynamicConv2D(mid, c_out, 3, 1, 1), DynamicBatchNorm2D(c_out)
-        # Every block owns a projection; a subnet uses it when the stride or the widths need it.
-        self.shortcut_conv = DynamicConv2D(c_in, c_out, 1, stride, 0)
-        self.shortcut_bn = DynamicBatchNorm2D(c_out)
+        self.stride, self.projection = b.stride, b.projection
+        self.conv1, self.bn1 = DynamicConv2D(b.c_in, b.mid, 3, b.stride, 1), DynamicBatchNorm2D(b.mid)
+        self.conv2, self.bn2 = DynamicConv2D(b.mid, b.c_out, 3, 1, 1), DynamicBatchNorm2D(b.c_out)
+        if b.projection:
+            self.shortcut_conv = DynamicConv2D(b.c_in, b.c_out, 1, b.stride, 0)
+            self.shortcut_bn = DynamicBatchNorm2D(b.c_out)
         self.act = make_activation(act)
 
     def forward(self, x: paddle.Tensor, mid: int, c_out: int) -> paddle.Tensor:
         y = F.relu(self.bn1(self.conv1(x, mid)))
         y = self.bn2(self.conv2(y, c_out))
-        if self.stride != 1 or x.shape[1] != c_out:
+        if self.projection:
             x = self.shortcut_bn(self.shortcut_conv(x, c_out))
+        elif x.shape[1] != c_out:
+            raise CodeError(f"a block of {x.shape[1]} -> {c_out} channels needs a projection the "
+                            f"supernet does not hold: the subnet is outside the official sub-space")
         return self.act(y + x)
 
 
@@ -46,8 +52,8 @@ class SuperNet(nn.Layer):
         self.stages = nn.LayerList()
         for stage, pairs in enumerate(w.blocks):
             self.stages.append(nn.LayerList())
-        for stage, _, c_in, mid, c_out, stride in block_plan(w):
-            self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act))
+        for b in block_plan(w):  # the largest subnet is official: projections where it has them
+            self.stages[b.stage].append(DynamicBlock(b, act))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
         if zero_init_residual:
             zero_residual_branches(self)
@@ -76,6 +82,8 @@ class SuperNet(nn.Layer):
         own = self.state_dict()
         state = {}
         for name, target in net.state_dict().items():
+            if name not in own:  # a projection the official sub-space never has
+                raise CodeError(f"cannot export: {name} is outside the official sub-space")
             source = own[name]
             slices = tuple(slice(0, n) for n in target.shape)
             state[name] = source[slices] if slices else source
@@ -84,23 +92,25 @@ class SuperNet(nn.Layer):
 
 
 class BasicBlock(nn.Layer):
-    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+    """A plain BasicBlock; any well-formed code builds (a projection wherever block_plan says)."""
+
+    def __init__(self, b: Block, act: str):
         super().__init__()
-        self.conv1 = nn.Conv2D(c_in, mid, 3, stride, 1, bias_attr=False)
-        self.bn1 = nn.BatchNorm2D(mid)
-        self.conv2 = nn.Conv2D(mid, c_out, 3, 1, 1, bias_attr=False)
-        self.bn2 = nn.BatchNorm2D(c_out)
+        self.conv1 = nn.Conv2D(b.c_in, b.mid, 3, b.stride, 1, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(b.mid)
+        self.conv2 = nn.Conv2D(b.mid, b.c_out, 3, 1, 1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(b.c_out)
         self.relu = nn.ReLU()
-        self.has_shortcut = stride != 1 or c_in != c_out
-        if self.has_shortcut:
-            self.shortcut_conv = nn.Conv2D(c_in, c_out, 1, stride, 0, bias_attr=False)
-            self.shortcut_bn = nn.BatchNorm2D(c_out)
+        self.projection = b.projection
+        if b.projection:
+            self.shortcut_conv = nn.Conv2D(b.c_in, b.c_out, 1, b.stride, 0, bias_attr=False)
+            self.shortcut_bn = nn.BatchNorm2D(b.c_out)
         self.act = make_activation(act)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        if self.has_shortcut:
+        if self.projection:
             x = self.shortcut_bn(self.shortcut_conv(x))
         return self.act(y + x)
 
@@ -116,8 +126,8 @@ class ResNet(nn.Layer):
         self.stem_relu = nn.ReLU()
         self.pool = nn.MaxPool2D(3, 2, 1)
         self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
-        for stage, _, c_in, mid, c_out, stride in block_plan(widths):
-            self.stages[stage].append(BasicBlock(c_in, mid, c_out, stride, act))
+        for b in block_plan(widths):
+            self.stages[b.stage].append(BasicBlock(b, act))
         self.avgpool = nn.AdaptiveAvgPool2D(1)
         self.fc = nn.Linear(widths.out_channels, space.num_classes)
 

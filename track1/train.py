@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .cream import Cream, cream_loss
-from .config import config_hash, run_dir
+from .config import ConfigError, config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
-from .losses import label_loss, rank_loss, rank_weight, soft_cross_entropy
-from .sampling import MarginSampler, step_subnets
-from .scoring import score_widths
+from .losses import RANK_LOSSES, label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .sampling import PAIR_MODES, MarginSampler, step_pairs, step_subnets
+from .prefix import score_tree
 from .space import Arch, SearchSpace, Widths
 from .supernet import SuperNet
 
@@ -124,14 +124,13 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log.
 
     The first subnet learns from the labels; in the sandwich rule it is the largest and every
-    other subnet distils from its detached softmax (in-place distillation). Each ranking pair is
-    (a sandwich random subnet, its margin-sampled partner); the partner distils too, and the pair
-    adds lambda * rank_loss on their label losses, ordered by the teacher.
-    All subnets go through one forward call, so that paddle.DataParallel sees one forward per
-    backward.
+    other subnet distils from its detached softmax (in-place distillation), except "pair" subnets
+    (sampling.step_pairs), which learn only through the rank term. Each ranking pair (a, b) adds
+    lambda * rank_loss on the two subnets' label losses, ordered by the teacher; the pair terms are
+    averaged or summed (train.ranking.reduce). All subnets go through one forward call, so that
+    paddle.DataParallel sees one forward per backward.
     """
     t, r = cfg["train"], cfg["train"]["ranking"]
-    roles = list(subnets) + [("partner", b) for _, b, _ in pairs]
     # Prioritized paths: the subnets of cream.roles learn from a board path (no-grad teacher
     # forwards on the bare SuperNet, before the step's one forward) and are offered to the board.
     students = [i for i, (role, _) in enumerate(subnets) if cream is not None and role in cream.roles]
@@ -139,11 +138,14 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     if students:
         base = getattr(model, "_layers", model)  # the SuperNet under paddle.DataParallel
         plans = dict(zip(students, cream.plan(base, [subnets[i][1] for i in students], x)))
-    logits = model(x, [space.widths(arch) for _, arch in roles])
+    logits = model(x, [space.widths(arch) for _, arch in subnets])
     losses: dict[str, list] = {}
     logits_of: dict[Arch, paddle.Tensor] = {}
     total, soft_target = 0.0, None
-    for i, ((role, arch), out) in enumerate(zip(roles, logits)):
+    for i, ((role, arch), out) in enumerate(zip(subnets, logits)):
+        logits_of.setdefault(arch, out)
+        if role == "pair":
+            continue
         plan = plans.get(i)
         if plan is not None:
             loss = cream_loss(out, plan.teacher_probs, y, plan.rho, float(t["label_smoothing"]))
@@ -156,7 +158,6 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
         if i in plans:
             cream.observe(arch, out, x, y)
         losses.setdefault(role, []).append(loss.item())
-        logits_of.setdefault(arch, out)
     scalars = {}
     if students:
         used = [p for p in plans.values() if p is not None]
@@ -175,7 +176,9 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
                 0.0, dist - float(r["threshold"]))
             rank_terms.append(rank_loss(label_losses[a], label_losses[b], za, zb, r["loss"], margin))
             agree += int((za > zb) == (label_losses[a].item() < label_losses[b].item()))
-        rl = paddle.add_n(rank_terms) / len(rank_terms)
+        rl = paddle.add_n(rank_terms)
+        if r["reduce"] == "mean":
+            rl = rl / len(rank_terms)
         total = total + lam * rl
         scalars.update({"rank/loss": rl.item(), "rank/lambda": lam, "rank/agree": agree / len(pairs)})
     total.backward()
@@ -236,6 +239,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     if is_main and t["visualdl"]:
         from visualdl import LogWriter
         writer = LogWriter(logdir=str(out / "vdl"))
+    if r["enabled"]:
+        _check_ranking(cfg)
     sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
                             float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
     teacher = Teacher(cfg, space) if r["enabled"] else None
@@ -254,12 +259,13 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         if cream is not None:
             state["cream"] = cream.state_dict()
         meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
-                "finished": step >= stop_at,
+                "finished": step >= stop_at, "val_top1": epoch_top1 if tag.startswith("epoch") else None,
                 "train_seconds": round(seconds_before + time.perf_counter() - started, 3)}
         path = checkpoint.save(out, tag, model, state, meta)
         checkpoint.prune(out, keep={tag})
         return path
 
+    epoch_top1: dict | None = None  # the last epoch-end check, recorded with its checkpoint
     bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not (progress and is_main),
                mininterval=1.0, dynamic_ncols=True)
     final = None
@@ -271,8 +277,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
             subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
             pairs, lam = [], 0.0
             if sampler is not None:
-                firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
-                pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, seed, step))]
+                added, pairs = step_pairs(space, r["pair_mode"], subnets, sampler, int(r["pairs"]),
+                                          seed, step)
+                subnets = subnets + added
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
             active = cream if cream is not None and cream.active(step / spe) else None
             scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
@@ -304,13 +311,12 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 save(f"step_{step:07d}")
         if step % spe == 0:
             if is_main:
-                top1 = {role: score_widths(model, space.widths(arch), *eval_sets)[0]
-                        for role, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
-                bar.write(f"epoch {step // spe} step {step}: val top-1 largest {top1['largest']:.4f}"
-                          f" smallest {top1['smallest']:.4f}")
+                top1 = subnet_health(model, space, int(t["eval_subnets"]), eval_sets)
+                epoch_top1 = top1
+                bar.write(f"epoch {step // spe} step {step}: {describe_health(top1)}")
                 if writer:
-                    for role, v in top1.items():
-                        writer.add_scalar(f"val/top1_{role}", v, step)
+                    for k, v in top1.items():
+                        writer.add_scalar(f"val/top1_{k}", v, step)
                 if rank_check is not None and rank_check.due(step // spe):
                     checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
                     bar.write(f"epoch {step // spe}: {rank_check.describe(checked)}")
@@ -326,6 +332,17 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     return final if final is not None else checkpoint.latest(out)
 
 
+def _check_ranking(cfg: dict) -> None:
+    r = cfg["train"]["ranking"]
+    for key, allowed in (("loss", RANK_LOSSES), ("pair_mode", PAIR_MODES), ("reduce", ("mean", "sum"))):
+        if r[key] not in allowed:
+            raise ConfigError(f"train.ranking.{key}={r[key]!r}: expected one of {', '.join(allowed)}")
+    if r["pair_mode"] == "free" and (cfg["train"]["sampler"] != "sandwich"
+                                     or int(cfg["train"]["num_random"]) < 2):
+        raise ConfigError("train.ranking.pair_mode=free pairs the step's own random subnets: it "
+                          "needs train.sampler=sandwich and train.num_random >= 2")
+
+
 def _check_ranks_agree(model: SuperNet) -> None:
     """Stop if the ranks' weights differ: a silent drift (e.g. ranks sampling different subnets)
     would otherwise train several diverging supernets and save only one of them."""
@@ -336,6 +353,34 @@ def _check_ranks_agree(model: SuperNet) -> None:
     if any(not bool((g == gathered[0]).all().item()) for g in gathered[1:]):
         raise RuntimeError("distributed ranks hold different supernet weights; every rank must "
                            "sample the same subnets with the same seed")
+
+
+def probe_subnets(space: SearchSpace, n: int) -> list[Arch]:
+    """A fixed set of official-distribution subnets (the same in every run) for health checks."""
+    rng = np.random.default_rng(20220)
+    return [space.sample(rng) for _ in range(n)]
+
+
+def subnet_health(model: SuperNet, space: SearchSpace, n_probe: int, eval_sets) -> dict[str, float]:
+    """Top-1 after BN re-calibration of the largest and smallest subnets and the mean, min and max of
+    `n_probe` fixed official subnets. Prefix-shared scoring, which leaves the model's BN buffers
+    as they are: the checkpoint written next keeps its training statistics."""
+    roles = {"largest": space.widths(space.largest()), "smallest": space.widths(space.smallest())}
+    probes = [space.widths(a) for a in probe_subnets(space, n_probe)]
+    acc = {w: a for w, a, _ in score_tree(model, list(roles.values()) + probes, *eval_sets)}
+    out = {role: acc[w] for role, w in roles.items()}
+    if probes:
+        p = [acc[w] for w in probes]
+        out.update(probe_mean=float(np.mean(p)), probe_min=min(p), probe_max=max(p))
+    return out
+
+
+def describe_health(top1: dict[str, float]) -> str:
+    text = f"val top-1 largest {top1['largest']:.4f} smallest {top1['smallest']:.4f}"
+    if "probe_mean" in top1:
+        text += (f", official subnets mean {top1['probe_mean']:.4f} "
+                 f"({top1['probe_min']:.4f}-{top1['probe_max']:.4f})")
+    return text
 
 
 def _eval_sets(cfg: dict) -> tuple[list, list]:
