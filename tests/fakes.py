@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 
 import numpy as np
@@ -62,12 +61,14 @@ def cifar_rows(n: int, offset: int) -> np.ndarray:
 
 def write_cifar_batch(path, rows: np.ndarray, labels, label_key: bytes = b"labels",
                       extra: dict | None = None) -> None:
-    """One batch exactly as the official files hold it: a protocol-2 pickle of a dict with bytes keys."""
-    entry = {b"batch_label": b"fake batch", label_key: [int(v) for v in labels], b"data": rows,
-             b"filenames": [b"img_%d.png" % i for i in range(len(rows))], **(extra or {})}
+    """One batch as the official files hold it: a dict with bytes keys, pickled as by Python 2."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(entry, f, protocol=2)
+    path.write_bytes(python2_pickle(cifar_entry(rows, labels, label_key, extra)))
+
+
+def cifar_entry(rows: np.ndarray, labels, label_key: bytes = b"labels", extra: dict | None = None) -> dict:
+    return {b"batch_label": b"fake batch", label_key: [int(v) for v in labels], b"data": rows,
+            b"filenames": [b"img_%d.png" % i for i in range(len(rows))], **(extra or {})}
 
 
 def write_fake_cifar10(root, per_batch: int = 8, n_test: int = 8) -> None:
@@ -112,3 +113,31 @@ def write_image_folders(root) -> None:
                 make_image(root / split / cls / f"{cls}{i}{ext}", colour, (40 + 4 * i, 30), k)
                 k += 1
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
+
+
+def python2_pickle(obj) -> bytes:
+    """obj pickled as Python 2's cPickle with numpy 1 wrote the official CIFAR files: bytes as
+    py2 str (SHORT_BINSTRING/BINSTRING), arrays through numpy.core.multiarray._reconstruct."""
+    def enc(o) -> bytes:
+        if o is None:
+            return b"N"
+        if isinstance(o, bool):
+            return b"\x88" if o else b"\x89"
+        if isinstance(o, (int, np.integer)):
+            return b"K" + bytes([o]) if 0 <= o < 256 else b"J" + struct.pack("<i", o)
+        if isinstance(o, bytes):
+            return b"U" + bytes([len(o)]) + o if len(o) < 256 else b"T" + struct.pack("<i", len(o)) + o
+        if isinstance(o, tuple):
+            return b"(" + b"".join(enc(v) for v in o) + b"t"
+        if isinstance(o, list):
+            return b"](" + b"".join(enc(v) for v in o) + b"e"
+        if isinstance(o, dict):
+            return b"}(" + b"".join(enc(k) + enc(v) for k, v in o.items()) + b"u"
+        if isinstance(o, np.ndarray):
+            assert o.dtype == np.uint8
+            dtype = b"cnumpy\ndtype\n" + enc((b"u1", 0, 1)) + b"R" + enc((3, b"|", None, None, None, -1, -1, 0)) + b"b"
+            array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + enc((0,)) + enc(b"b") + b"\x87R"
+            state = b"(" + enc(1) + enc(o.shape) + dtype + enc(False) + enc(o.tobytes()) + b"t"
+            return array + state + b"b"
+        raise TypeError(type(o))
+    return b"\x80\x02" + enc(obj) + b"."

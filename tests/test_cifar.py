@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from fakes import cifar_rows, write_cifar_batch, write_fake_cifar10, write_fake_cifar100
+from fakes import cifar_entry, cifar_rows, write_cifar_batch, write_fake_cifar10, write_fake_cifar100
 from track1 import cifar, data
 from track1.config import load_config
 from track1.datafiles import DataError
@@ -49,6 +49,17 @@ def test_cifar10_reads_the_official_layout(tmp_path, capsys):
     assert out.count("\n") == 1 and "cifar10 ready: found: 40 train / 8 test images" in out
     # data.root may also name the batch directory itself.
     assert cifar.load_cifar(tmp_path / "cifar-10-batches-py", "cifar10", "test")[1].tolist() == test_labels.tolist()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_batch_pickled_again_by_python3_reads_the_same(tmp_path, protocol):
+    write_fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    before = cifar.read_batch(path, "labels", 10)
+    path.write_bytes(pickle.dumps(cifar_entry(cifar_rows(8, 16), range(16, 24)), protocol=protocol))
+    after = cifar.read_batch(path, "labels", 10 ** 3)
+    assert np.array_equal(before[0], after[0]) and after[1].tolist() == list(range(16, 24))
+    assert before[1].tolist() == [k % 10 for k in range(16, 24)]
 
 
 def test_cifar100_fine_labels(tmp_path):
@@ -182,7 +193,7 @@ def test_malformed_batch_is_a_one_line_data_error(tmp_path, monkeypatch, damage,
     elif damage == "width":
         write_cifar_batch(path, rows[:, :3000], labels)
     elif damage == "float":
-        write_cifar_batch(path, rows.astype(np.float32), labels)
+        path.write_bytes(pickle.dumps(cifar_entry(rows.astype(np.float32), labels), protocol=2))
     elif damage == "count":
         write_cifar_batch(path, rows, labels[:7])
     else:
