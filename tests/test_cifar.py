@@ -222,3 +222,15 @@ def test_cifar10_config_trains_a_step(tmp_path):
         "score.calib_images=8", "score.calib_batch=8", "train.visualdl=false"])
     assert cfg["data"]["name"] == "cifar10" and cfg["run"]["name"] != "fmnist_sandwich"
     assert train(cfg, progress=False) is not None
+
+
+def test_prepare_command_on_missing_cifar_is_one_line_and_non_zero(tmp_path, capsys):
+    from track1.cli import main
+    code = main(["prepare", "-c", str(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml"),
+                 "-o", f"data.root={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "data_batch_1" in err[0]
+    write_fake_cifar10(tmp_path)
+    assert main(["prepare", "-c", str(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml"),
+                 "-o", f"data.root={tmp_path}"]) == 0
+    assert "cifar10 ready: found: 40 train / 8 test images" in capsys.readouterr().out
