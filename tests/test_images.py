@@ -160,19 +160,25 @@ def test_list_data(folder_root, tmp_path):
 
 
 def test_worker_processes_give_the_same_batches_and_persist(folder_root):
-    """Per-sample RNG keyed by (seed, epoch, index): worker processes change nothing. The workers
-    are started once and serve every epoch (persistent_workers)."""
+    """Per-sample RNG keyed by (seed, epoch, index): worker processes change nothing. One stream of
+    batches serves consecutive epochs with the same worker processes; any other start opens a new one."""
     serial_data = data.TrainData(image_cfg(folder_root))
     workers_data = data.TrainData(image_cfg(folder_root, "data.num_workers=2"))
-    for epoch, start in ((2, 0), (3, 0), (3, 2)):
-        serial = [(x.numpy(), y.numpy()) for x, y in serial_data.batches(epoch, start)]
-        workers = list(workers_data.batches(epoch, start))
-        assert len(workers) == len(serial) == 5 - start
+    streams = []
+    for epoch, start, stop in ((2, 0, 5), (3, 0, 2), (3, 2, 5), (4, 0, 5), (6, 3, 5), (4, 1, 5)):
+        serial = [(x.numpy(), y.numpy()) for x, y in serial_data.batches(epoch, start)][:stop - start]
+        workers = []
+        for x, y in workers_data.batches(epoch, start):
+            workers.append((x, y))
+            if len(workers) == stop - start:
+                break  # abandon the epoch here: the stream stays where it is
+        assert len(workers) == len(serial) == stop - start
         for (sx, sy), (wx, wy) in zip(serial, workers):
             assert np.array_equal(sx, wx.numpy()) and np.array_equal(sy, wy.numpy())
-        if epoch == 2:
-            iterator = workers_data._loader._iterator
-            pids = [w.pid for w in iterator._workers]
-            assert len(pids) == 2 and all(w.is_alive() for w in iterator._workers)
-    assert workers_data._loader._iterator is iterator  # the same worker processes served every epoch
-    assert [w.pid for w in iterator._workers] == pids and all(w.is_alive() for w in iterator._workers)
+        streams.append(workers_data._stream)
+    # (2, 0..5) -> (3, 0..2) -> (3, 2..5) -> (4, 0..5) continue one stream; (6, 3) and (4, 1) open new ones.
+    assert streams[0] is streams[1] is streams[2] is streams[3]
+    assert streams[4] is not streams[3] and streams[5] is not streams[4]
+    workers = streams[5]._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    assert workers_data.wait_seconds > 0

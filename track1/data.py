@@ -18,7 +18,7 @@ from .images import (AUGMENT_PAD, ImageDataset, augment_batch, collate, image_sa
                      prepare_images, rgb_to_tensor)
 
 __all__ = ["DataError", "TrainData", "EvalSet", "EvalImages", "validation_set", "validation_batches",
-           "calibration_batches", "prepare", "epoch_permutation", "EpochBatchSampler"]
+           "calibration_batches", "prepare", "epoch_permutation", "EpochBatchSampler", "BatchStream"]
 
 # Held in memory as uint8 arrays, 32 px, augmented per global batch; the others are image files.
 ARRAY_DATA = ("fashion_mnist", *cifar.DATASETS)
@@ -77,21 +77,14 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class EpochBatchSampler(paddle.io.BatchSampler):
-    """One epoch of this rank's batches of (epoch, index) keys, from start_step on.
-
-    set_epoch moves it to another epoch: a DataLoader with persistent workers keeps its sampler
-    and asks it for a new iterator on every pass.
-    """
+    """One epoch of this rank's batches of (epoch, index) keys, from start_step on."""
 
     def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
                  epoch: int, start_step: int = 0):
         super().__init__(sampler=range(n), batch_size=batch_size, drop_last=True)
         self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
-        self.steps = n // (batch_size * world_size)
-        self.set_epoch(epoch, start_step)
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
+        self.steps = n // (batch_size * world_size)
 
     def __iter__(self) -> Iterator[list]:
         perm = epoch_permutation(self.seed, self.epoch, self.n)
@@ -102,6 +95,25 @@ class EpochBatchSampler(paddle.io.BatchSampler):
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start_step)
+
+
+class BatchStream:
+    """EpochBatchSampler's batches from (epoch, start_step) on, then every following epoch, endlessly.
+
+    One DataLoader over this stream keeps its workers, and its queue of prefetched batches, across
+    epoch boundaries. (Paddle's persistent_workers keeps the workers too, but drains the queue
+    and polls every 0.5 s while it restarts them at each epoch: benchmarks/bench_data.py.)
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 epoch: int, start_step: int = 0):
+        self.args, self.epoch, self.start_step = (n, batch_size, rank, world_size, seed), epoch, start_step
+
+    def __iter__(self) -> Iterator[list]:
+        epoch, start = self.epoch, self.start_step
+        while True:
+            yield from EpochBatchSampler(*self.args, epoch, start)
+            epoch, start = epoch + 1, 0
 
 
 def _limit(n: int, size: int) -> int:
@@ -136,7 +148,9 @@ class TrainData:
         else:
             self._samples = image_samples(cfg, "train")
             self.num_samples = _limit(len(self._samples), d["train_size"])
-            self._loader = self._sampler = None
+            # The open stream of batches and the (epoch, step) of the next batch it yields.
+            self._stream: Iterator | None = None
+            self._position = (-1, -1)
         global_batch = self.batch_size * world_size
         self.steps_per_epoch = self.num_samples // global_batch
         if self.steps_per_epoch == 0:
@@ -176,18 +190,20 @@ class TrainData:
             yield self._to_tensor(images), paddle.to_tensor(self._labels[idx[mine]])
 
     def _image_batches(self, epoch: int, start_step: int):
-        if self._loader is None:
-            # One loader for the whole run: with workers, they persist from epoch to epoch
-            # instead of being started again (and the dataset sent to them again) every epoch.
+        if self._position != (epoch, start_step):
+            # Not where the open stream is (the first call, a resume, an abandoned epoch): open a
+            # new one; dropping the old iterator ends its workers.
+            self._stream = None
             dataset = ImageDataset(self._samples[:self.num_samples], self.cfg["space"]["resolution"],
                                    augment=self.augment, seed=self.seed)
-            self._sampler = EpochBatchSampler(self.num_samples, self.batch_size, self.rank,
-                                              self.world_size, self.seed, epoch, start_step)
-            workers = int(self.cfg["data"]["num_workers"])
-            self._loader = paddle.io.DataLoader(dataset, batch_sampler=self._sampler, collate_fn=collate,
-                                                num_workers=workers, persistent_workers=workers > 0)
-        self._sampler.set_epoch(epoch, start_step)
-        for x, y in self._loader:
+            stream = BatchStream(self.num_samples, self.batch_size, self.rank, self.world_size,
+                                 self.seed, epoch, start_step)
+            loader = paddle.io.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
+                                          num_workers=int(self.cfg["data"]["num_workers"]))
+            self._stream, self._position = iter(loader), (epoch, start_step)
+        for step in range(start_step, self.steps_per_epoch):
+            x, y = next(self._stream)
+            self._position = (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
             yield rgb_to_tensor(x), y
 
 
