@@ -1,4 +1,4 @@
-"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, unknown keys rejected."""
+"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, unknown or mistyped keys rejected."""
 from __future__ import annotations
 
 import copy
@@ -43,7 +43,38 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
                 raise ConfigError(f"{source}: '{name}' must be a mapping")
             _merge(base[key], value, source, name + ".")
         else:
-            base[key] = value
+            base[key] = _typed(base[key], value, name, source)
+
+
+def _typed(default: Any, value: Any, name: str, source: str) -> Any:
+    """value, checked against the type of the default it replaces (nanoGPT's configurator rule).
+
+    An int is accepted where a float is expected and kept as it is (the config hash of existing
+    runs stays the same); a number given for a string key becomes its text (`run.name=2024`).
+    """
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: '{name}' must be {expected}, got {value!r}")
+
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+    elif isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise wrong("a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise wrong("a list")
+    return value
 
 
 def _load_file(path: Path) -> dict:
