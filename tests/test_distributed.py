@@ -55,15 +55,16 @@ def test_sharded_scoring_equals_unsharded(tmp_path, capsys):
         assert main(["score", *cfg_args, "--arch-list", str(listed), "--shard", f"{i}/2"]) == 0
     from track1.files import read_jsonl
     scores = tmp_path / "tiny" / "scores"
-    whole = {r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / "list@step_0000003.jsonl")}
-    parts = [{r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / f"list@step_0000003.shard{i}of2.jsonl")}
+    (log,) = [p for p in scores.glob("list@step_0000003.*.jsonl") if ".shard" not in p.name]
+    whole = {r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(log)}
+    parts = [{r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(log.with_suffix(f".shard{i}of2.jsonl"))}
              for i in range(2)]
     assert len(parts[0]) == 4 and len(parts[1]) == 5 and not parts[0].keys() & parts[1].keys()
     assert {**parts[0], **parts[1]} == whole
     # submit merges the shards (and the unsharded file); a missing shard is refused by name.
-    (scores / "list@step_0000003.jsonl").unlink()
+    log.unlink()
     assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 0
-    (scores / "list@step_0000003.shard1of2.jsonl").unlink()
+    log.with_suffix(".shard1of2.jsonl").unlink()
     assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 2
     assert "5 keys missing" in capsys.readouterr().err
 
