@@ -75,3 +75,11 @@ def test_every_preset_loads_and_has_its_own_run_name():
         name = load_config(path)["run"]["name"]
         assert name not in names, f"{path.name} shares run.name {name!r} with {names.get(name)}"
         names[name] = path.name
+
+
+def test_string_keys_take_the_override_text_and_refuse_an_unquoted_yaml_boolean(tmp_path):
+    assert load_config(None, ["train.amp=off"])["train"]["amp"] == "off"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {REPO / 'configs' / 'default.yaml'}\ntrain:\n  amp: off\n")
+    with pytest.raises(ConfigError, match="bad.yaml: 'train.amp' must be a string .*quote it"):
+        load_config(bad)

@@ -149,3 +149,67 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
              "print(sorted(m for m in sys.modules if m in ('track1.standalone', 'track1.metrics', 'track1.monitor')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_resume_refuses_another_world_size(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    last = train(cfg, progress=False)
+    meta = json.loads((last / "meta.json").read_text())
+    assert meta["world_size"] == 1
+    (last / "meta.json").write_text(json.dumps({**meta, "world_size": 8}))  # as if trained on 8 GPUs
+    with pytest.raises(checkpoint.CheckpointError, match="trained with 8 processes, this run has 1.*NPROC=8"):
+        train(tiny_config(tmp_path), resume=True, progress=False)
+
+
+def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
+    from track1.scoring import Share, score_widths
+    from track1.train import _eval_sets, evaluate_ends
+    cfg = tiny_config(tmp_path, "score.eval_batch=16")
+    space, model = build_supernet(cfg)
+    # Training-like statistics, so that recalibration would visibly change them.
+    for bn in model.bn_layers():
+        bn._mean.set_value(paddle.full(bn._mean.shape, 0.3))
+        bn._variance.set_value(paddle.full(bn._variance.shape, 2.0))
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    calib, val = _eval_sets(cfg)
+    top1 = evaluate_ends(model, space, (calib, val))
+    after = model.state_dict()
+    for k, v in before.items():
+        np.testing.assert_array_equal(v, after[k].numpy(), err_msg=k)
+    # The same accuracy as scoring the largest network on its own (which does move the buffers).
+    assert top1["val/top1_largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
+    assert not np.array_equal(before[next(k for k in before if k.endswith("_mean"))],
+                              model.state_dict()[next(k for k in before if k.endswith("_mean"))].numpy())
+    # Two ranks' shares of the validation batches partition them, each batch once.
+    labels = [y.numpy() for _, y in val]
+    shares = [[y.numpy() for _, y in Share(val, r, 2)] for r in range(2)]
+    assert len(labels) == 4 and [len(s) for s in shares] == [2, 2]
+    for r in range(2):
+        np.testing.assert_array_equal(np.concatenate(shares[r]), np.concatenate(labels[r::2]))
+
+
+def test_window_reports_throughput_and_the_data_wait_fraction():
+    import time
+    from track1.train import Window
+
+    class Data:
+        wait_seconds = 5.0
+
+    data = Data()
+    w = Window(data)
+    time.sleep(0.2)
+    data.wait_seconds += 0.1
+    w.images = 64
+    s = w.scalars()
+    assert 0.3 < s["throughput/data_wait"] <= 0.5 and 100 < s["throughput/images_per_s"] <= 320
+    assert w.images == 0  # a new window starts
+    assert Window(object()).scalars()["throughput/data_wait"] == 0.0  # data without the attribute
+
+
+def test_start_line_names_device_build_and_world_size():
+    from track1.precision import Precision
+    from track1.train import describe_device
+    line = describe_device(2, Precision("bf16"))
+    assert "device cpu" in line and "CPU build" in line and "world size 2" in line and "amp bf16" in line
+    assert "CPU-only Paddle" in line and "gloo" in line
+    assert "CPU-only" not in describe_device(1, Precision("off"))

@@ -126,12 +126,6 @@ def _shard(given: str | None) -> tuple[int, int]:
     return int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
 
 
-def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
-    """Contiguous parts, so that each shard keeps what prefix sharing it can."""
-    n = len(keys)
-    return keys[index * n // count:(index + 1) * n // count]
-
-
 def cmd_prepare(cfg: dict, args) -> None:
     from .data import prepare
     prepare(cfg)
@@ -149,7 +143,7 @@ def cmd_score(cfg: dict, args) -> None:
     from .config import config_hash
     from .data import calibration_batches, validation_batches
     from .files import write_json
-    from .scoring import score_list, summarize
+    from .scoring import score_list, shard_keys, summarize
     from .train import build_supernet
     codes, name = arch_list(cfg, args.arch_list)
     ckpt = _checkpoint(cfg, args.checkpoint)

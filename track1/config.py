@@ -69,6 +69,8 @@ def _typed(default: Any, value: Any, name: str, source: str) -> Any:
     elif isinstance(default, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):
+            raise wrong("a string (YAML reads off/on/no/yes as true or false: quote it)")
         if not isinstance(value, str):
             raise wrong("a string")
     elif isinstance(default, list):
@@ -106,10 +108,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _load_file(Path(path) if path else DEFAULT_CONFIG)
     for text in overrides or []:
         keys, value = parse_override(text)
+        if isinstance(_lookup(cfg, keys), str):  # a string key takes the text as typed (`amp=off`)
+            value = text.split("=", 1)[1]
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
         _merge(cfg, nested, f"override '{text}'")
+    return cfg
+
+
+def _lookup(cfg: dict, keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(cfg, dict) or k not in cfg:
+            return None
+        cfg = cfg[k]
     return cfg
 
 

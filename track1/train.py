@@ -7,6 +7,7 @@ signal (a competition rule; tests/test_monitor.py checks the weights are the sam
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from .cream import Cream, cream_loss
 from .config import config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
 from .losses import label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .precision import Precision, fp32
 from .sampling import MarginSampler, step_subnets
-from .scoring import score_widths
+from .scoring import evaluate_shared
 from .space import Arch, SearchSpace, Widths
 from .supernet import SuperNet
 
@@ -120,8 +122,10 @@ class Teacher:
 
 def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y, cfg: dict,
                pairs: list[tuple[Arch, Arch, float]] = (), teacher: Teacher | None = None,
-               lam: float = 0.0, cream: Cream | None = None) -> dict:
-    """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log.
+               lam: float = 0.0, cream: Cream | None = None, precision: Precision | None = None,
+               read: bool = True) -> dict:
+    """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log:
+    floats, or with read=False 0-d tensors left on the device (no host-device sync per step).
 
     The first subnet learns from the labels; in the sandwich rule it is the largest and every
     other subnet distils from its detached softmax (in-place distillation). Each ranking pair is
@@ -139,7 +143,9 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     if students:
         base = getattr(model, "_layers", model)  # the SuperNet under paddle.DataParallel
         plans = dict(zip(students, cream.plan(base, [subnets[i][1] for i in students], x)))
-    logits = model(x, [space.widths(arch) for _, arch in roles])
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        logits = model(x, [space.widths(arch) for _, arch in roles])
+    logits = [fp32(out) for out in logits]  # every loss below is computed in fp32
     losses: dict[str, list] = {}
     logits_of: dict[Arch, paddle.Tensor] = {}
     total, soft_target = 0.0, None
@@ -155,7 +161,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
         total = total + loss
         if i in plans:
             cream.observe(arch, out, x, y)
-        losses.setdefault(role, []).append(loss.item())
+        losses.setdefault(role, []).append(loss.detach())
         logits_of.setdefault(arch, out)
     scalars = {}
     if students:
@@ -166,7 +172,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             scalars["cream/teacher_rank"] = float(np.mean([p.rank for p in used]))
         scalars.update(cream.scalars())
     if pairs:
-        rank_terms, agree = [], 0
+        rank_terms, agree = [], []
         label_losses = {arch: label_loss(logits_of[arch], y)
                         for arch in {a for p in pairs for a in p[:2]}}
         for a, b, dist in pairs:
@@ -174,15 +180,25 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             margin = float(r["margin"]) + float(r["margin_per_distance"]) * max(
                 0.0, dist - float(r["threshold"]))
             rank_terms.append(rank_loss(label_losses[a], label_losses[b], za, zb, r["loss"], margin))
-            agree += int((za > zb) == (label_losses[a].item() < label_losses[b].item()))
+            a_lower = label_losses[a].detach() < label_losses[b].detach()
+            agree.append(a_lower if za > zb else ~a_lower)
         rl = paddle.add_n(rank_terms) / len(rank_terms)
         total = total + lam * rl
-        scalars.update({"rank/loss": rl.item(), "rank/lambda": lam, "rank/agree": agree / len(pairs)})
-    total.backward()
+        scalars.update({"rank/loss": rl.detach(), "rank/lambda": lam,
+                        "rank/agree": paddle.stack(agree).astype("float32").mean()})
+    if precision is not None:
+        precision.backward(total)
+    else:
+        total.backward()
     for role, vals in losses.items():
-        scalars[f"loss/{role}"] = float(np.mean(vals))
-    scalars["loss/total"] = total.item()
-    return scalars
+        scalars[f"loss/{role}"] = paddle.stack(vals).mean()
+    scalars["loss/total"] = total.detach()
+    return read_scalars(scalars) if read else scalars
+
+
+def read_scalars(scalars: dict) -> dict[str, float]:
+    """The scalars as floats: one host-device sync, so only on logging steps."""
+    return {k: v.item() if isinstance(v, paddle.Tensor) else v for k, v in scalars.items()}
 
 
 def train(cfg: dict, resume: bool = False, progress: bool = True) -> Path:
@@ -202,6 +218,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         paddle.distributed.init_parallel_env()
         rank, world = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
     is_main = rank == 0
+    precision = Precision.from_config(cfg)
+    if is_main:
+        print(describe_device(world, precision))
 
     space, model = build_supernet(cfg)
     data = TrainData(cfg, rank=rank, world_size=world)
@@ -220,11 +239,17 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 f"{last}: run '{cfg['run']['name']}' already has checkpoints; pass --resume to "
                 f"continue it or set run.name to start another")
         meta = checkpoint.load_weights(last, model, expect_hash=chash)
+        trained_on = int(meta.get("world_size", 1))
+        if trained_on != world:
+            raise checkpoint.CheckpointError(
+                f"{last}: trained with {trained_on} processes, this run has {world}: the global batch, "
+                f"epoch length and LR schedule would change; resume with NPROC={trained_on}")
         state = checkpoint.load_state(last)
         opt.set_state_dict(state["optimizer"])
         scheduler.set_state_dict(state["scheduler"])
         if cream is not None:
             cream.set_state_dict(state["cream"])
+        precision.set_state_dict(state.get("precision", {}))
         step, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
         if is_main:
             print(f"resumed from {last} at step {step}/{stop_at}")
@@ -239,11 +264,11 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
                             float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
     teacher = Teacher(cfg, space) if r["enabled"] else None
-    eval_sets = _eval_sets(cfg) if is_main else None
+    eval_sets = _eval_sets(cfg)
     rank_check = None
-    if is_main and int(cfg["monitor"]["every_epochs"]) > 0:
+    if int(cfg["monitor"]["every_epochs"]) > 0:
         from .monitor import RankCheck
-        rank_check = RankCheck(cfg, space, out)
+        rank_check = RankCheck(cfg, space, out, rank=rank, world=world)
 
     def save(tag: str) -> Path | None:
         if world > 1:
@@ -253,8 +278,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         state = {"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}
         if cream is not None:
             state["cream"] = cream.state_dict()
+        state["precision"] = precision.state_dict()
         meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
-                "finished": step >= stop_at,
+                "world_size": world, "finished": step >= stop_at,
                 "train_seconds": round(seconds_before + time.perf_counter() - started, 3)}
         path = checkpoint.save(out, tag, model, state, meta)
         checkpoint.prune(out, keep={tag})
@@ -263,11 +289,13 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not (progress and is_main),
                mininterval=1.0, dynamic_ncols=True)
     final = None
+    window = Window(data)
     while step < stop_at:
         epoch, start = divmod(step, spe)
         for x, y in data.batches(epoch, start_step=start):
-            tic = time.perf_counter()
+            # forward, backward, update
             model.train()
+            log_now = is_main and (step + 1) % t["log_every"] == 0
             subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
             pairs, lam = [], 0.0
             if sampler is not None:
@@ -275,8 +303,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, seed, step))]
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
             active = cream if cream is not None and cream.active(step / spe) else None
-            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
-            opt.step()
+            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active,
+                                 precision, read=log_now)
+            precision.step(opt)
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
@@ -289,41 +318,91 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
             scheduler.step()
             step += 1
             bar.update(1)
-            if is_main and step % int(t["log_every"]) == 0:
+            window.images += x.shape[0] * world
+            # logging (scalars were read from the device only on this step)
+            if log_now:
                 scalars["lr"] = opt.get_lr()
-                scalars["throughput/images_per_s"] = x.shape[0] * world / (time.perf_counter() - tic)
+                scalars.update(window.scalars())
                 if sampler is not None:
                     scalars["rank/acceptance"] = sampler.acceptance_rate
-                bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.4f}")
-                if writer:
-                    for k, v in scalars.items():
-                        writer.add_scalar(k, v, step)
+                bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.4f}",
+                                img_s=f"{scalars['throughput/images_per_s']:.0f}",
+                                wait=f"{scalars['throughput/data_wait']:.0%}")
+                _log(writer, scalars, step)
             if step >= stop_at:
                 break
-            if step % spe and step % int(t["save_every_steps"]) == 0:
+            # mid-epoch checkpoint
+            if step % spe and step % t["save_every_steps"] == 0:
                 save(f"step_{step:07d}")
+                window.restart()
         if step % spe == 0:
+            # epoch end: evaluation and rank check on every rank's share, then the checkpoint
+            top1 = evaluate_ends(model, space, eval_sets, rank, world)
             if is_main:
-                top1 = {role: score_widths(model, space.widths(arch), *eval_sets)[0]
-                        for role, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
-                bar.write(f"epoch {step // spe} step {step}: val top-1 largest {top1['largest']:.4f}"
-                          f" smallest {top1['smallest']:.4f}")
-                if writer:
-                    for role, v in top1.items():
-                        writer.add_scalar(f"val/top1_{role}", v, step)
-                if rank_check is not None and rank_check.due(step // spe):
-                    checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
+                bar.write(f"epoch {step // spe} step {step}: val top-1 largest "
+                          f"{top1['val/top1_largest']:.4f} smallest {top1['val/top1_smallest']:.4f}")
+                _log(writer, top1, step)
+            if rank_check is not None and rank_check.due(step // spe):
+                checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
+                if is_main:
                     bar.write(f"epoch {step // spe}: {rank_check.describe(checked)}")
-                    if writer:
-                        for k, v in checked.items():
-                            writer.add_scalar(k, v, step)
+                    _log(writer, checked, step)
             final = save(f"epoch_{step // spe:03d}")
+            window.restart()
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")
     bar.close()
     if writer:
         writer.close()
     return final if final is not None else checkpoint.latest(out)
+
+
+class Window:
+    """Images per second and the fraction of time spent waiting for data, over the steps since
+    the last log line. Timed on the host between logging steps, whose read of the scalars waits
+    for the device, so asynchronous GPU work is counted where it is done."""
+
+    def __init__(self, data):
+        self.data = data
+        self.restart()
+
+    def restart(self) -> None:
+        self.images, self.started = 0, time.perf_counter()
+        self.waited = getattr(self.data, "wait_seconds", 0.0)  # the data helper's cumulative wait
+
+    def scalars(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        waited = getattr(self.data, "wait_seconds", 0.0) - self.waited
+        out = {"throughput/images_per_s": self.images / seconds, "throughput/data_wait": waited / seconds}
+        self.restart()
+        return out
+
+
+def _log(writer, scalars: dict[str, float], step: int) -> None:
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, step)
+
+
+def describe_device(world: int, precision: Precision) -> str:
+    """The start-up line: device, Paddle build, world size and precision."""
+    cuda = paddle.is_compiled_with_cuda()
+    build = f"CUDA {paddle.version.cuda()}" if cuda else "CPU"
+    line = (f"device {paddle.device.get_device()}, Paddle {paddle.__version__} ({build} build), "
+            f"world size {world}, amp {precision.mode}{precision.device_note() if precision.dtype else ''}")
+    if world > 1 and not cuda:
+        line += (f"\nnote: {world} processes with a CPU-only Paddle: the ranks run on CPU and talk over "
+                 f"gloo; for GPUs install paddlepaddle-gpu (DEVICE=gpu bash run.sh --setup)")
+    return line
+
+
+def evaluate_ends(model: SuperNet, space: SearchSpace, eval_sets: tuple, rank: int = 0,
+                  world: int = 1) -> dict[str, float]:
+    """Validation top-1 of the largest and smallest subnets, each rank evaluating its share of the
+    images; the supernet's BN statistics are left as they were (so no checkpoint carries them)."""
+    calib, val = eval_sets
+    return {f"val/top1_{role}": evaluate_shared(model, space.widths(arch), calib, val, rank, world)[0]
+            for role, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
 
 
 def _check_ranks_agree(model: SuperNet) -> None:
