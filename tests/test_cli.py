@@ -167,3 +167,17 @@ def test_score_log_is_keyed_by_the_scoring_settings(capsys, tmp_path):
     (new,) = other.keys() - first.keys()  # another val_images: a new log with new numbers
     assert other[new] != first[next(iter(first))]
     assert json.loads((scores / new).with_suffix(".settings.json").read_text())["score"]["val_images"] == 32
+
+
+def test_gpu_requirements_swap_only_the_paddle_wheel():
+    def packages(name):
+        lines = (REPO / name).read_text().splitlines()
+        return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip() and not l.startswith("-")]
+    cpu, gpu = packages("requirements.txt"), packages("requirements-gpu.txt")
+    assert cpu[0].startswith("paddlepaddle==") and gpu[0] == cpu[0].replace("paddlepaddle", "paddlepaddle-gpu")
+    assert cpu[1:] == gpu[1:]
+
+
+def test_run_sh_rejects_an_unknown_device(tmp_path):
+    r = _run_sh(tmp_path, "--setup", env_extra={"DEVICE": "tpu"})
+    assert r.returncode == 2 and "DEVICE must be cpu, gpu or auto" in r.stderr

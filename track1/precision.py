@@ -54,10 +54,15 @@ class Precision:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
 
-    @staticmethod
-    def device_note() -> str:
-        """How the mode takes effect on this device, for the start-up banner."""
-        return "" if paddle.is_compiled_with_cuda() else " (no effect on a CPU build of Paddle)"
+    def device_note(self) -> str:
+        """How the mode takes effect on this device, for the start-up line."""
+        if self.dtype is None:
+            return ""
+        if not paddle.is_compiled_with_cuda():
+            return " (no effect on a CPU build of Paddle)"
+        if self.mode == "bf16" and not paddle.amp.is_bfloat16_supported():
+            return " (this GPU has no bf16 support: use fp16)"
+        return ""
 
 
 def fp32(t: paddle.Tensor) -> paddle.Tensor:

@@ -389,7 +389,7 @@ def describe_device(world: int, precision: Precision) -> str:
     cuda = paddle.is_compiled_with_cuda()
     build = f"CUDA {paddle.version.cuda()}" if cuda else "CPU"
     line = (f"device {paddle.device.get_device()}, Paddle {paddle.__version__} ({build} build), "
-            f"world size {world}, amp {precision.mode}{precision.device_note() if precision.dtype else ''}")
+            f"world size {world}, amp {precision.mode}{precision.device_note()}")
     if world > 1 and not cuda:
         line += (f"\nnote: {world} processes with a CPU-only Paddle: the ranks run on CPU and talk over "
                  f"gloo; for GPUs install paddlepaddle-gpu (DEVICE=gpu bash run.sh --setup)")
