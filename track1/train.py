@@ -229,6 +229,10 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
     cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
+    if is_main and r["enabled"] and r["schedule"] == "linear" and r["cap"] * r["ramp"] > epochs:
+        # ramp counts absolute epochs; say so when this run ends before lambda reaches its cap
+        print(f"note: train.ranking.ramp {r['ramp']} (epochs) brings lambda to only "
+              f"{epochs / r['ramp']:.3g} of cap {r['cap']} by the end of this {epochs}-epoch run")
 
     step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     started = time.perf_counter()
