@@ -159,6 +159,11 @@ def test_resume_refuses_another_world_size(tmp_path):
     (last / "meta.json").write_text(json.dumps({**meta, "world_size": 8}))  # as if trained on 8 GPUs
     with pytest.raises(checkpoint.CheckpointError, match="trained with 8 processes, this run has 1.*NPROC=8"):
         train(tiny_config(tmp_path), resume=True, progress=False)
+    # A checkpoint from before world_size was recorded: its epoch length tells.
+    del meta["world_size"]
+    (last / "meta.json").write_text(json.dumps({**meta, "steps_per_epoch": 4}))
+    with pytest.raises(checkpoint.CheckpointError, match="4 steps an epoch, this run has 8"):
+        train(tiny_config(tmp_path), resume=True, progress=False)
 
 
 def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):

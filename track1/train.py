@@ -243,11 +243,15 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 f"{last}: run '{cfg['run']['name']}' already has checkpoints; pass --resume to "
                 f"continue it or set run.name to start another")
         meta = checkpoint.load_weights(last, model, expect_hash=chash)
-        trained_on = int(meta.get("world_size", 1))
-        if trained_on != world:
+        trained_on = meta.get("world_size")
+        if trained_on is not None and trained_on != world:
             raise checkpoint.CheckpointError(
                 f"{last}: trained with {trained_on} processes, this run has {world}: the global batch, "
                 f"epoch length and LR schedule would change; resume with NPROC={trained_on}")
+        if trained_on is None and meta.get("steps_per_epoch", spe) != spe:  # older checkpoints
+            raise checkpoint.CheckpointError(
+                f"{last}: written with {meta['steps_per_epoch']} steps an epoch, this run has {spe} "
+                f"(another number of processes?); resume with the NPROC it was trained with")
         state = checkpoint.load_state(last)
         opt.set_state_dict(state["optimizer"])
         scheduler.set_state_dict(state["scheduler"])
