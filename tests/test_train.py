@@ -218,3 +218,15 @@ def test_start_line_names_device_build_and_world_size():
     assert "device cpu" in line and "CPU build" in line and "world size 2" in line and "amp bf16" in line
     assert "CPU-only Paddle" in line and "gloo" in line
     assert "CPU-only" not in describe_device(1, Precision("off"))
+
+
+def test_checkpoint_after_epoch_end_evaluation_equals_one_without_it(tmp_path, monkeypatch):
+    import track1.train as train_mod
+    with_eval = _weights(train(tiny_config(tmp_path / "a", "train.epochs=1"), progress=False))
+    monkeypatch.setattr(train_mod, "evaluate_ends", lambda *a, **k: {"val/top1_largest": 0.0,
+                                                                     "val/top1_smallest": 0.0})
+    without = _weights(train(tiny_config(tmp_path / "b", "train.epochs=1"), progress=False))
+    bn = [k for k in with_eval if k.endswith(("_mean", "_variance"))]
+    assert bn and with_eval.keys() == without.keys()
+    for k in with_eval:  # BN buffers included: the evaluation's recalibration is not saved
+        np.testing.assert_array_equal(with_eval[k], without[k], err_msg=k)
