@@ -64,6 +64,9 @@ fi
 [ "$SETUP_ONLY" = 1 ] && exit 0
 
 NPROC=${NPROC:-1}
+if [ "$NPROC" -gt 1 ] && ! "$PY" -c 'import sys, paddle; sys.exit(not paddle.is_compiled_with_cuda())' 2>/dev/null; then
+  echo "[run.sh] note: NPROC=$NPROC with a CPU-only Paddle: the ranks run on CPU over gloo (DEVICE=gpu bash run.sh --setup installs the GPU build)"
+fi
 # Each of the NPROC ranks gets its share of the cores (all of them with one process).
 per_rank=$(( $(nproc) / NPROC )); [ "$per_rank" -ge 1 ] || per_rank=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$per_rank}
