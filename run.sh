@@ -4,7 +4,8 @@
 #   bash run.sh                                   # embedded default (Fashion-MNIST, CPU)
 #   bash run.sh --config configs/imagenet.yaml -o data.root=/data/ILSVRC2012
 #   ARCH_LIST=CVPR_2022_NAS_Track1_test.json bash run.sh
-#   NPROC=8 bash run.sh --config configs/imagenet.yaml   # paddle.distributed.launch
+#   NPROC=8 bash run.sh --config configs/imagenet.yaml   # paddle.distributed.launch, cores/NPROC threads a rank
+#   DEVICE=gpu bash run.sh --setup                # install requirements-gpu.txt (auto when nvidia-smi sees a GPU)
 #   bash run.sh --from score                      # redo score and submit
 #   bash run.sh --setup                           # only create .venv and install requirements
 #
@@ -37,26 +38,43 @@ if [ -n "${ARCH_LIST:-}" ]; then
   OVERRIDES+=("-o" "score.arch_list=$ARCH_LIST")
 fi
 
-# --- environment: a project-local virtualenv, reinstalled when requirements.txt changes --------
+# --- environment: a project-local virtualenv, reinstalled when its requirements file changes ----
+# DEVICE=cpu | gpu | auto (default): gpu installs requirements-gpu.txt (paddlepaddle-gpu instead of
+# the CPU wheel); auto picks gpu when nvidia-smi lists a GPU.
+DEVICE=${DEVICE:-auto}
+if [ "$DEVICE" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then DEVICE=gpu; else DEVICE=cpu; fi
+fi
+case "$DEVICE" in
+  cpu) REQUIREMENTS=requirements.txt; OTHER_WHEEL=paddlepaddle-gpu ;;
+  gpu) REQUIREMENTS=requirements-gpu.txt; OTHER_WHEEL=paddlepaddle ;;
+  *) echo "run.sh: DEVICE must be cpu, gpu or auto" >&2; exit 2 ;;
+esac
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
-req_hash=$(sha256sum requirements.txt | cut -c1-16)
+req_hash=$(sha256sum "$REQUIREMENTS" | cut -c1-16)
 if [ ! -x "$PY" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$req_hash" ]; then
-  echo "[run.sh] setting up $VENV (requirements.txt)"
+  echo "[run.sh] setting up $VENV ($REQUIREMENTS)"
   python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -r requirements.txt
+  "$PY" -m pip uninstall --quiet --yes "$OTHER_WHEEL" >/dev/null 2>&1 || true  # both provide `paddle`
+  "$PY" -m pip install --quiet -r "$REQUIREMENTS"
   echo "$req_hash" > "$VENV/.requirements"
 fi
 [ "$SETUP_ONLY" = 1 ] && exit 0
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+NPROC=${NPROC:-1}
+if [ "$NPROC" -gt 1 ] && ! "$PY" -c 'import sys, paddle; sys.exit(not paddle.is_compiled_with_cuda())' 2>/dev/null; then
+  echo "[run.sh] note: NPROC=$NPROC with a CPU-only Paddle: the ranks run on CPU over gloo (DEVICE=gpu bash run.sh --setup installs the GPU build)"
+fi
+# Each of the NPROC ranks gets its share of the cores (all of them with one process).
+per_rank=$(( $(nproc) / NPROC )); [ "$per_rank" -ge 1 ] || per_rank=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$per_rank}
 RUN_DIR=$("$PY" -c 'import sys; from track1.config import load_config, run_dir
 o = [a for a in sys.argv[2:] if a != "-o"]
 print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"
 
-NPROC=${NPROC:-1}
 launch() {  # train and score run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
   if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = score ]; }; then
     # LAUNCH_ARGS passes more launcher options, e.g. "--nnodes 2 --ips 10.0.0.1,10.0.0.2".

@@ -173,3 +173,41 @@ def test_codes_outside_the_official_sub_space_and_old_checkpoints_are_refused(ca
     for argv in (["score", *tiny, "--arch-list", str(official)], ["train", *tiny, "--resume"]):
         code, err = _run(capsys, *argv)
         assert code == 2 and "checkpoint format 1, this version reads 2" in err, argv
+def test_score_log_is_keyed_by_the_scoring_settings(capsys, tmp_path):
+    from track1.files import read_jsonl
+    from track1.train import train
+    from conftest import tiny_config
+    keys = ["run.output_dir", "run.name", "space.width_mult", "data.train_size", "data.batch_size",
+            "data.root", "train.epochs", "score.calib_images", "score.calib_batch", "score.eval_batch"]
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    train(cfg, progress=False)
+    args = [a for k in keys for a in ("-o", f"{k}={cfg[k.split('.')[0]][k.split('.')[1]]}")]
+    listed = tmp_path / "list.json"
+    write_arch_list(listed, demo_arch_list(4, 1))
+    scores = tmp_path / "tiny" / "scores"
+
+    def score(val_images):
+        assert main(["score", *args, "-o", f"score.val_images={val_images}", "--arch-list", str(listed)]) == 0
+        return {p.name: [r["loss"] for r in read_jsonl(p)] for p in scores.glob("*.jsonl")}
+
+    first = score(64)
+    again = score(64)
+    assert again == first and len(first) == 1  # same settings: the log is resumed, not rewritten
+    other = score(32)
+    (new,) = other.keys() - first.keys()  # another val_images: a new log with new numbers
+    assert other[new] != first[next(iter(first))]
+    assert json.loads((scores / new).with_suffix(".settings.json").read_text())["score"]["val_images"] == 32
+
+
+def test_gpu_requirements_swap_only_the_paddle_wheel():
+    def packages(name):
+        lines = (REPO / name).read_text().splitlines()
+        return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip() and not l.startswith("-")]
+    cpu, gpu = packages("requirements.txt"), packages("requirements-gpu.txt")
+    assert cpu[0].startswith("paddlepaddle==") and gpu[0] == cpu[0].replace("paddlepaddle", "paddlepaddle-gpu")
+    assert cpu[1:] == gpu[1:]
+
+
+def test_run_sh_rejects_an_unknown_device(tmp_path):
+    r = _run_sh(tmp_path, "--setup", env_extra={"DEVICE": "tpu"})
+    assert r.returncode == 2 and "DEVICE must be cpu, gpu or auto" in r.stderr

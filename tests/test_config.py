@@ -48,3 +48,38 @@ def test_hash_follows_what_shapes_the_weights_only():
     assert config_hash(cfg) == config_hash(set_value(cfg, "score.val_images", 3))
     assert config_hash(cfg) != config_hash(set_value(cfg, "train.lr", 0.2))
     assert config_hash(cfg) != config_hash(set_value(cfg, "space.act", "mish"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "'train.lr' must be a number, got 'abc'"),
+    ("train.epochs=1.5", "'train.epochs' must be an integer, got 1.5"),
+    ("train.visualdl=3", "'train.visualdl' must be true or false, got 3"),
+    ("train.epochs=true", "'train.epochs' must be an integer, got True"),
+    ("train.cream.roles=random", "'train.cream.roles' must be a list"),
+])
+def test_override_of_the_wrong_type_is_a_config_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_typed_overrides_keep_ints_for_floats_and_text_for_strings():
+    cfg = load_config(None, ["train.lr=1", "run.name=2024"])
+    assert cfg["train"]["lr"] == 1 and cfg["run"]["name"] == "2024"
+    # An int for a float keeps the hash an unconverted value had before types were checked.
+    assert config_hash(cfg) == config_hash(set_value(load_config(None), "train.lr", 1))
+
+
+def test_every_preset_loads_and_has_its_own_run_name():
+    names = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        name = load_config(path)["run"]["name"]
+        assert name not in names, f"{path.name} shares run.name {name!r} with {names.get(name)}"
+        names[name] = path.name
+
+
+def test_string_keys_take_the_override_text_and_refuse_an_unquoted_yaml_boolean(tmp_path):
+    assert load_config(None, ["train.amp=off"])["train"]["amp"] == "off"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {REPO / 'configs' / 'default.yaml'}\ntrain:\n  amp: off\n")
+    with pytest.raises(ConfigError, match="bad.yaml: 'train.amp' must be a string .*quote it"):
+        load_config(bad)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import numpy as np
 import paddle
 
 from track1.cli import main
+from track1.files import read_jsonl
 
 from conftest import REPO, tiny_config
 
@@ -22,8 +24,10 @@ def _get(cfg, dotted):
 
 def test_two_ranks_under_paddle_launch_train_identical_weights(tmp_path):
     overrides = [f"run.output_dir={tmp_path}", "run.name=dist", "space.width_mult=0.125",
-                 "data.train_size=256", "data.batch_size=16", "train.epochs=1", "train.max_steps=5",
+                 "data.train_size=256", "data.batch_size=16", "train.epochs=1",
                  "train.eval_images=64", "score.calib_images=32", "score.calib_batch=32",
+                 "score.eval_batch=16", "monitor.every_epochs=1", "monitor.num_codes=4",
+                 "monitor.calib_images=32", "monitor.val_images=32",
                  "data.root=" + str(REPO / "data" / "fashion-mnist")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
@@ -37,9 +41,26 @@ def test_two_ranks_under_paddle_launch_train_identical_weights(tmp_path):
     assert (tmp_path / "trained.0").exists() and (tmp_path / "trained.1").exists()
     # ... which does catch one rank whose weights moved.
     assert (tmp_path / "drift_caught.0").exists() and (tmp_path / "drift_caught.1").exists()
-    # Only rank 0 wrote the checkpoint, and it is a 5-step one.
+    # Only rank 0 wrote the checkpoint, at the end of the 8-step epoch.
     ckpts = sorted(p.name for p in (tmp_path / "dist" / "checkpoints").iterdir() if p.is_dir())
-    assert ckpts == ["step_0000005"]
+    assert ckpts == ["epoch_001"]
+    log0 = (tmp_path / "log" / "workerlog.0").read_text()
+    assert "world size 2" in log0 and "CPU-only Paddle" in log0
+    # The epoch-end evaluation, sharded over the two ranks (2 of the 4 batches each), equals the
+    # unsharded one on the saved checkpoint, whose BN statistics it did not change.
+    from track1.checkpoint import load_weights
+    from track1.config import load_config
+    from track1.train import _eval_sets, build_supernet, evaluate_ends
+    cfg = load_config(None, overrides)
+    space, model = build_supernet(cfg)
+    load_weights(tmp_path / "dist" / "checkpoints" / "epoch_001", model)
+    top1 = evaluate_ends(model, space, _eval_sets(cfg))
+    assert (f"val top-1 largest {top1['val/top1_largest']:.4f} smallest "
+            f"{top1['val/top1_smallest']:.4f}") in log0
+    # The rank check: each rank scored its half of the list, rank 0 wrote all of it.
+    monitor = tmp_path / "dist" / "monitor"
+    assert [len(list(read_jsonl(monitor / f"demo4@epoch_001.shard{r}of2.jsonl"))) for r in range(2)] == [2, 2]
+    assert len(json.loads((monitor / "demo4@epoch_001.json").read_text())) == 4
 
 
 def test_sharded_scoring_equals_unsharded(tmp_path, capsys):
@@ -55,15 +76,16 @@ def test_sharded_scoring_equals_unsharded(tmp_path, capsys):
         assert main(["score", *cfg_args, "--arch-list", str(listed), "--shard", f"{i}/2"]) == 0
     from track1.files import read_jsonl
     scores = tmp_path / "tiny" / "scores"
-    whole = {r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / "list@step_0000003.jsonl")}
-    parts = [{r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(scores / f"list@step_0000003.shard{i}of2.jsonl")}
+    (log,) = [p for p in scores.glob("list@step_0000003.*.jsonl") if ".shard" not in p.name]
+    whole = {r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(log)}
+    parts = [{r["key"]: (r["acc"], r["loss"]) for r in read_jsonl(log.with_suffix(f".shard{i}of2.jsonl"))}
              for i in range(2)]
     assert len(parts[0]) == 4 and len(parts[1]) == 5 and not parts[0].keys() & parts[1].keys()
     assert {**parts[0], **parts[1]} == whole
     # submit merges the shards (and the unsharded file); a missing shard is refused by name.
-    (scores / "list@step_0000003.jsonl").unlink()
+    log.unlink()
     assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 0
-    (scores / "list@step_0000003.shard1of2.jsonl").unlink()
+    log.with_suffix(".shard1of2.jsonl").unlink()
     assert main(["submit", *cfg_args, "--arch-list", str(listed), "--out", str(tmp_path / "s.json")]) == 2
     assert "5 keys missing" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import pytest
 
 from track1 import files
 from track1.space import parse
-from track1.submission import (SubmissionError, demo_arch_list, load_arch_list, merge_shards,
+from track1.submission import (SubmissionError, break_ties, demo_arch_list, load_arch_list, merge_shards,
                                validate_submission, write_arch_list, write_submission)
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared/data/CVPR_2022_NAS_Track1_test.json"
@@ -312,3 +312,29 @@ def test_merge_shards(tmp_path):
     _raises(merge_shards, [a, b, c], contains=["c.jsonl", "conflict", "a.jsonl", "arch1"])
     d = _log(tmp_path / "d.jsonl", [{"key": "arch4", "acc": 0.4}])
     _raises(merge_shards, [a, d], contains=["d.jsonl", "not a record"])
+
+
+def test_tie_break_keeps_the_accuracy_order_and_orders_ties_by_loss():
+    rng = np.random.default_rng(0)
+    n_val, n = 500, 2000
+    # Accuracies on 500 images (quantum 0.002), with many ties, including 0 and 1.
+    accs = {f"arch{i}": int(c) / n_val for i, c in enumerate(rng.integers(0, 40, n))}
+    accs.update(arch0=0.0, arch1=0.0, arch2=1.0, arch3=1.0)
+    losses = {k: float(rng.random()) for k in accs}
+    out = break_ties(accs, losses)
+    assert len(set(accs.values())) < n / 10 and len(set(out.values())) == n  # every tie resolved
+    keys = list(accs)
+    a = np.array([accs[k] for k in keys])
+    o = np.array([out[k] for k in keys])
+    lo = np.array([losses[k] for k in keys])
+    assert ((0 <= o) & (o <= 1)).all() and np.abs(o - a).max() < 0.5 / n_val
+    higher = a[:, None] > a[None, :]
+    assert (o[:, None] > o[None, :])[higher].all()  # the order of distinct accuracies is kept
+    tied = (a[:, None] == a[None, :]) & (lo[:, None] < lo[None, :])
+    assert (o[:, None] > o[None, :])[tied].all()  # within a tie, the lower loss ranks higher
+    assert out["arch0"] != out["arch1"] and out["arch2"] != out["arch3"]
+
+
+def test_tie_break_needs_a_loss_for_every_score():
+    with pytest.raises(SubmissionError, match="1 score without a finite loss.*arch2"):
+        break_ties({"arch1": 0.5, "arch2": 0.5}, {"arch1": 0.1, "arch2": float("nan")})

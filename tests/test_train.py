@@ -153,10 +153,10 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
     assert out.stdout.strip() == "[]"
 
 
-def test_subnet_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_path):
+def test_epoch_end_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_path):
     from track1.scoring import score_widths
     from track1.space import official_problem
-    from track1.train import probe_subnets, subnet_health
+    from track1.train import evaluate_ends, probe_subnets
     cfg = tiny_config(tmp_path)
     space, model = build_supernet(cfg)
     probes = probe_subnets(space, 3)
@@ -167,9 +167,92 @@ def test_subnet_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_pat
     model.eval()
     val = [(x, model(x, space.widths(probes[1])).argmax(axis=1))]  # labels that spread the accuracies
     buffers = [b.numpy().copy() for b in model.buffers()]
-    top1 = subnet_health(model, space, 3, (calib, val))
+    top1 = evaluate_ends(model, space, (calib, val), 3)
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(buffers, model.buffers()))
     expected = [score_widths(model, space.widths(a), calib, val)[0] for a in probes]
-    assert top1["probe_mean"] == pytest.approx(np.mean(expected)) and top1["probe_max"] == max(expected)
-    assert top1["largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
-    assert set(top1) == {"largest", "smallest", "probe_mean", "probe_min", "probe_max"}
+    assert top1["val/top1_probe_mean"] == pytest.approx(np.mean(expected))
+    assert top1["val/top1_probe_max"] == max(expected) and top1["val/top1_probe_min"] == min(expected)
+    assert top1["val/top1_largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
+    assert set(top1) == {f"val/top1_{k}" for k in ("largest", "smallest", "probe_mean", "probe_min",
+                                                   "probe_max")}
+
+
+def test_resume_refuses_another_world_size(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    last = train(cfg, progress=False)
+    meta = json.loads((last / "meta.json").read_text())
+    assert meta["world_size"] == 1
+    (last / "meta.json").write_text(json.dumps({**meta, "world_size": 8}))  # as if trained on 8 GPUs
+    with pytest.raises(checkpoint.CheckpointError, match="trained with 8 processes, this run has 1.*NPROC=8"):
+        train(tiny_config(tmp_path), resume=True, progress=False)
+    # A checkpoint from before world_size was recorded: its epoch length tells.
+    del meta["world_size"]
+    (last / "meta.json").write_text(json.dumps({**meta, "steps_per_epoch": 4}))
+    with pytest.raises(checkpoint.CheckpointError, match="4 steps an epoch, this run has 8"):
+        train(tiny_config(tmp_path), resume=True, progress=False)
+
+
+def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
+    from track1.scoring import Share, score_widths
+    from track1.train import _eval_sets, evaluate_ends
+    cfg = tiny_config(tmp_path, "score.eval_batch=16")
+    space, model = build_supernet(cfg)
+    # Training-like statistics, so that recalibration would visibly change them.
+    for bn in model.bn_layers():
+        bn._mean.set_value(paddle.full(bn._mean.shape, 0.3))
+        bn._variance.set_value(paddle.full(bn._variance.shape, 2.0))
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    calib, val = _eval_sets(cfg)
+    top1 = evaluate_ends(model, space, (calib, val))
+    after = model.state_dict()
+    for k, v in before.items():
+        np.testing.assert_array_equal(v, after[k].numpy(), err_msg=k)
+    # The same accuracy as scoring the largest network on its own (which does move the buffers).
+    assert top1["val/top1_largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
+    assert not np.array_equal(before[next(k for k in before if k.endswith("_mean"))],
+                              model.state_dict()[next(k for k in before if k.endswith("_mean"))].numpy())
+    # Two ranks' shares of the validation batches partition them, each batch once.
+    labels = [y.numpy() for _, y in val]
+    shares = [[y.numpy() for _, y in Share(val, r, 2)] for r in range(2)]
+    assert len(labels) == 4 and [len(s) for s in shares] == [2, 2]
+    for r in range(2):
+        np.testing.assert_array_equal(np.concatenate(shares[r]), np.concatenate(labels[r::2]))
+
+
+def test_window_reports_throughput_and_the_data_wait_fraction():
+    import time
+    from track1.train import Window
+
+    class Data:
+        wait_seconds = 5.0
+
+    data = Data()
+    w = Window(data)
+    time.sleep(0.2)
+    data.wait_seconds += 0.1
+    w.images = 64
+    s = w.scalars()
+    assert 0.3 < s["throughput/data_wait"] <= 0.5 and 100 < s["throughput/images_per_s"] <= 320
+    assert w.images == 0  # a new window starts
+    assert Window(object()).scalars()["throughput/data_wait"] == 0.0  # data without the attribute
+
+
+def test_start_line_names_device_build_and_world_size():
+    from track1.precision import Precision
+    from track1.train import describe_device
+    line = describe_device(2, Precision("bf16"))
+    assert "device cpu" in line and "CPU build" in line and "world size 2" in line and "amp bf16" in line
+    assert "CPU-only Paddle" in line and "gloo" in line
+    assert "CPU-only" not in describe_device(1, Precision("off"))
+
+
+def test_checkpoint_after_epoch_end_evaluation_equals_one_without_it(tmp_path, monkeypatch):
+    import track1.train as train_mod
+    with_eval = _weights(train(tiny_config(tmp_path / "a", "train.epochs=1"), progress=False))
+    monkeypatch.setattr(train_mod, "evaluate_ends", lambda *a, **k: {"val/top1_largest": 0.0,
+                                                                     "val/top1_smallest": 0.0})
+    without = _weights(train(tiny_config(tmp_path / "b", "train.epochs=1"), progress=False))
+    bn = [k for k in with_eval if k.endswith(("_mean", "_variance"))]
+    assert bn and with_eval.keys() == without.keys()
+    for k in with_eval:  # BN buffers included: the evaluation's recalibration is not saved
+        np.testing.assert_array_equal(with_eval[k], without[k], err_msg=k)

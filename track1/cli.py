@@ -93,9 +93,25 @@ def _checkpoint(cfg: dict, given: str | None) -> Path:
     return last
 
 
+def score_settings(cfg: dict, ckpt: Path) -> dict:
+    """Everything that changes a score: the checkpoint, how codes are scored, and the images."""
+    from .checkpoint import read_meta
+    meta = read_meta(ckpt)
+    s = cfg["score"]
+    return {"checkpoint": str(Path(ckpt).resolve()), "config_hash": meta.get("config_hash"),
+            "step": meta.get("step"), "space": cfg["space"],
+            "data": {k: v for k, v in cfg["data"].items() if k != "num_workers"},
+            "score": {k: s[k] for k in ("mode", "calib_images", "calib_batch", "val_images", "eval_batch")}}
+
+
 def _scores_path(cfg: dict, list_name: str, ckpt: Path, shard: tuple[int, int] = (0, 1)) -> Path:
+    """<run>/scores/<list>@<checkpoint>.<settings key>[.shardIofN].jsonl: other scoring settings
+    (e.g. -o score.val_images=2000) write a new log instead of resuming the old one."""
+    import hashlib
+    import json
+    key = hashlib.sha256(json.dumps(score_settings(cfg, ckpt), sort_keys=True).encode()).hexdigest()[:8]
     suffix = f".shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
-    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}{suffix}.jsonl"
+    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}.{key}{suffix}.jsonl"
 
 
 def _shard(given: str | None) -> tuple[int, int]:
@@ -109,12 +125,6 @@ def _shard(given: str | None) -> tuple[int, int]:
             raise ConfigError(f"--shard {given!r}: I must be in 0..N-1")
         return i, n
     return int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1))
-
-
-def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
-    """Contiguous parts, so that each shard keeps what prefix sharing it can."""
-    n = len(keys)
-    return keys[index * n // count:(index + 1) * n // count]
 
 
 def cmd_prepare(cfg: dict, args) -> None:
@@ -136,7 +146,8 @@ def cmd_score(cfg: dict, args) -> None:
     from .checkpoint import load_weights
     from .config import config_hash
     from .data import calibration_batches, validation_batches
-    from .scoring import score_list, summarize
+    from .files import write_json
+    from .scoring import score_list, shard_keys, summarize
     from .train import build_supernet
     codes, name = arch_list(cfg, args.arch_list, official=True)
     ckpt = _checkpoint(cfg, args.checkpoint)
@@ -145,21 +156,29 @@ def cmd_score(cfg: dict, args) -> None:
     shard = _shard(args.shard)
     codes = {k: codes[k] for k in shard_keys(list(codes), *shard)}
     out = _scores_path(cfg, name, ckpt, shard)
+    if not out.with_suffix(".settings.json").exists():  # beside the log, to tell logs apart
+        write_json(out.with_suffix(".settings.json"), score_settings(cfg, ckpt), indent=1)
     records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out,
                          mode=cfg["score"]["mode"])
     print(f"scored with {ckpt} -> {out}: {summarize(records)}")
 
 
 def cmd_submit(cfg: dict, args) -> None:
-    from .submission import SubmissionError, merge_shards, write_submission
+    from .submission import SubmissionError, break_ties, merge_shards, write_submission
     codes, name = arch_list(cfg, args.arch_list, official=True)
     ckpt = _checkpoint(cfg, args.checkpoint)
     unsharded = _scores_path(cfg, name, ckpt)
-    files = [unsharded] + sorted(unsharded.parent.glob(f"{name}@{ckpt.name}.shard*of*.jsonl"))
+    files = [unsharded] + sorted(unsharded.parent.glob(f"{unsharded.stem}.shard*of*.jsonl"))
     files = [f for f in files if f.exists()]
     if not files:
-        raise SubmissionError(f"{unsharded}: no scores for this list and checkpoint; run `score` first")
-    accs = {k: r["acc"] for k, r in merge_shards(files).items()}
+        raise SubmissionError(f"{unsharded}: no scores for this list, checkpoint and "
+                              f"score settings; run `score` first")
+    records = merge_shards(files)
+    accs = {k: r["acc"] for k, r in records.items()}
+    if cfg["submit"]["tie_break"] == "loss":
+        accs = break_ties(accs, {k: r.get("loss") for k, r in records.items()})
+    elif cfg["submit"]["tie_break"] != "none":
+        raise ConfigError(f"submit.tie_break {cfg['submit']['tie_break']!r}: expected loss or none")
     out = Path(args.out) if args.out else Path(cfg["submit"]["dir"]) / f"{cfg['run']['name']}.json"
     write_submission(out, codes, accs)
     print(f"wrote {out} ({len(codes)} architectures)")

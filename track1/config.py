@@ -1,4 +1,4 @@
-"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, unknown keys rejected."""
+"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, unknown or mistyped keys rejected."""
 from __future__ import annotations
 
 import copy
@@ -43,7 +43,40 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
                 raise ConfigError(f"{source}: '{name}' must be a mapping")
             _merge(base[key], value, source, name + ".")
         else:
-            base[key] = value
+            base[key] = _typed(base[key], value, name, source)
+
+
+def _typed(default: Any, value: Any, name: str, source: str) -> Any:
+    """value, checked against the type of the default it replaces (nanoGPT's configurator rule).
+
+    An int is accepted where a float is expected and kept as it is (the config hash of existing
+    runs stays the same); a number given for a string key becomes its text (`run.name=2024`).
+    """
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: '{name}' must be {expected}, got {value!r}")
+
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+    elif isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, bool):
+            raise wrong("a string (YAML reads off/on/no/yes as true or false: quote it)")
+        if not isinstance(value, str):
+            raise wrong("a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise wrong("a list")
+    return value
 
 
 def _load_file(path: Path) -> dict:
@@ -75,10 +108,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _load_file(Path(path) if path else DEFAULT_CONFIG)
     for text in overrides or []:
         keys, value = parse_override(text)
+        if isinstance(_lookup(cfg, keys), str):  # a string key takes the text as typed (`amp=off`)
+            value = text.split("=", 1)[1]
         nested: Any = value
         for k in reversed(keys):
             nested = {k: nested}
         _merge(cfg, nested, f"override '{text}'")
+    return cfg
+
+
+def _lookup(cfg: dict, keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(cfg, dict) or k not in cfg:
+            return None
+        cfg = cfg[k]
     return cfg
 
 

@@ -26,7 +26,7 @@ import paddle
 from .data import calibration_batches, validation_batches
 from .files import write_json
 from .metrics import load_scores, rank_metrics
-from .scoring import score_list
+from .scoring import kept_bn_statistics, score_list, shard_keys
 from .space import SearchSpace
 from .submission import check_official, demo_arch_list, load_arch_list
 from .supernet import SuperNet
@@ -37,8 +37,9 @@ LOG_NOTE = "monitoring only: not a loss, no gradient"
 class RankCheck:
     """Scores a fixed list with the supernet every `every_epochs` epochs (see the module doc)."""
 
-    def __init__(self, cfg: dict, space: SearchSpace, run_dir: str | Path):
+    def __init__(self, cfg: dict, space: SearchSpace, run_dir: str | Path, rank: int = 0, world: int = 1):
         m = cfg["monitor"]
+        self.rank, self.world = rank, world
         self.every = int(m["every_epochs"])
         self.space, self.mode = space, cfg["score"]["mode"]
         self.truth = None
@@ -68,15 +69,20 @@ class RankCheck:
 
     def __call__(self, model: SuperNet, epoch: int) -> dict[str, float]:
         """Score the list with the model as it is now; scalars for the log (see the module doc)."""
-        buffers = [b.clone() for b in _bn_buffers(model)]
-        try:
-            with paddle.no_grad():
-                log = self.dir / f"{self.name}@epoch_{epoch:03d}.jsonl"
-                records = score_list(model, self.space, self.codes, self.calib, self.val, log,
-                                     progress=False, mode=self.mode)
-        finally:
-            for b, saved in zip(_bn_buffers(model), buffers):
-                b.set_value(saved)
+        log = self.dir / f"{self.name}@epoch_{epoch:03d}.jsonl"
+        # Each rank scores a contiguous part of the list into its own log; rank 0 gathers them.
+        keys = shard_keys(list(self.codes), self.rank, self.world)
+        part = log.with_suffix(f".shard{self.rank}of{self.world}.jsonl") if self.world > 1 else log
+        with kept_bn_statistics(model), paddle.no_grad():
+            records = score_list(model, self.space, {k: self.codes[k] for k in keys}, self.calib,
+                                 self.val, part, progress=False, mode=self.mode)
+        if self.world > 1:
+            parts: list = []
+            paddle.distributed.all_gather_object(parts, records)
+            merged = {k: r for p in parts for k, r in p.items()}
+            records = {k: merged[k] for k in self.codes}
+        if self.rank != 0:
+            return {}
         write_json(log.with_suffix(".json"),
                    {k: {"acc": r["acc"], "arch": r["code"]} for k, r in records.items()}, indent=1)
         pred = {r["code"]: r["acc"] for r in records.values()}
@@ -97,6 +103,3 @@ class RankCheck:
         parts = [f"{k.split('/')[1]} {v:.4f}" for k, v in scalars.items()]
         return f"rank check on {len(self.codes)} codes ({LOG_NOTE}): " + "  ".join(parts)
 
-
-def _bn_buffers(model: SuperNet) -> list[paddle.Tensor]:
-    return [b for bn in model.bn_layers() for b in (bn._mean, bn._variance)]

@@ -1,9 +1,10 @@
 """Scoring architectures with the supernet: BN re-calibration, fixed-set evaluation, resumable runs."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import paddle
@@ -36,10 +37,15 @@ def calibrate_bn(model: SuperNet, widths: Widths, batches: Iterable[paddle.Tenso
         model.eval()
 
 
-@paddle.no_grad()
 def evaluate(model: SuperNet, widths: Widths,
              batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) of the subnet over the batches, BN in eval mode."""
+    correct, loss_sum, n = _evaluate_sums(model, widths, batches)
+    return correct / n, loss_sum / n
+
+
+@paddle.no_grad()
+def _evaluate_sums(model: SuperNet, widths: Widths, batches: Iterable) -> tuple[int, float, int]:
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in batches:
@@ -47,7 +53,52 @@ def evaluate(model: SuperNet, widths: Widths,
         correct += int((logits.argmax(axis=1) == y).astype("int64").sum().item())
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         n += int(y.shape[0])
-    return correct / n, loss_sum / n
+    return correct, loss_sum, n
+
+
+@contextlib.contextmanager
+def kept_bn_statistics(model: SuperNet) -> Iterator[None]:
+    """Every BN running mean and variance is put back as it was on leaving, so that scoring
+    between training epochs never leaves recalibrated statistics in the supernet (or a checkpoint)."""
+    buffers = [b for bn in model.bn_layers() for b in (bn._mean, bn._variance)]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        for b, value in zip(buffers, saved):
+            b.set_value(value)
+
+
+class Share:
+    """This rank's share of an iterable of batches: every world-th batch, from the rank-th.
+    Iterable again and again, and lazy, so batches converted on the fly stay that way."""
+
+    def __init__(self, batches: Iterable, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self) -> Iterator:
+        return (b for i, b in enumerate(self.batches) if i % self.world == self.rank)
+
+
+def score_shared(model: SuperNet, widths_list: list[Widths], calib: Iterable, val: Iterable,
+                 rank: int = 0, world: int = 1) -> dict[Widths, tuple[float, float]]:
+    """(top-1, mean CE) of every distinct subnet, as score_widths gives them, computed prefix-shared
+    (prefix.score_tree, which leaves the model's BN statistics alone): each rank calibrates on all
+    of calib and evaluates its share of val; the counts are summed over ranks."""
+    from .prefix import score_tree
+    widths_list = list(dict.fromkeys(widths_list))
+    shard = list(Share(val, rank, world))
+    n = sum(int(y.shape[0]) for _, y in shard)
+    found = {w: (acc, loss) for w, acc, loss in score_tree(model, widths_list, list(calib), shard)} \
+        if shard else {}
+    # correct images (exact integers), loss sum, images per subnet
+    sums = np.array([[round(found[w][0] * n), found[w][1] * n, n] if shard else [0.0, 0.0, 0.0]
+                     for w in widths_list], dtype="float64")
+    if world > 1:
+        t = paddle.to_tensor(sums)
+        paddle.distributed.all_reduce(t)
+        sums = t.numpy()
+    return {w: (s[0] / s[2], s[1] / s[2]) for w, s in zip(widths_list, sums)}
 
 
 def score_widths(model: SuperNet, widths: Widths, calib: list, val: list) -> tuple[float, float]:
@@ -103,6 +154,12 @@ def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib
     done.update((r["key"], r) for r in pending)
     bar.close()
     return {k: done[k] for k in codes}
+
+
+def shard_keys(keys: list[str], index: int, count: int) -> list[str]:
+    """Contiguous parts, so that each shard keeps what prefix sharing it can."""
+    n = len(keys)
+    return keys[index * n // count:(index + 1) * n // count]
 
 
 def _record(key: str, code: str, acc: float, loss: float, seconds: float) -> dict:

@@ -211,6 +211,36 @@ def write_submission(path: str | os.PathLike, arch_list: dict[str, str],
     files.write_json(path, {k: {"acc": float(accs[k]), "arch": c} for k, c in arch_list.items()})
 
 
+def break_ties(accs: dict[str, float], losses: dict[str, float]) -> dict[str, float]:
+    """Accuracies with ties ordered by evaluation loss (lower loss ranks higher).
+
+    Top-1 on n images moves in steps of 1/n, so many codes share an accuracy. Within a group of
+    equal accuracies the code of rank r by loss (0 = lowest) loses r/g of half the smallest gap
+    between distinct accuracies (g = group size): every value stays within that half-gap of its
+    accuracy, so the order of different accuracies never changes; only ties are resolved. A
+    group closer to 0 than the half-gap (accuracy 0) is lifted instead, so values stay in [0, 1].
+    """
+    missing = [k for k in accs if not _is_number(losses.get(k)) or not _is_finite(losses[k])]
+    if missing:
+        raise SubmissionError(f"{count_phrase(len(missing), 'score')} without a finite loss to break ties "
+                              f"with: {some_keys(missing)}")
+    levels = sorted(set(accs.values()))
+    gap = min((b - a for a, b in zip(levels, levels[1:])), default=1.0)
+    half = min(gap, 1.0) / 2
+    groups: dict[float, list[str]] = {}
+    for k, acc in accs.items():
+        groups.setdefault(acc, []).append(k)
+    out = dict(accs)
+    for acc, keys in groups.items():
+        if len(keys) < 2:
+            continue
+        by_loss = sorted(keys, key=lambda k: losses[k])  # stable: equal losses keep list order
+        for r, k in enumerate(by_loss):
+            step = half * r / len(keys)
+            out[k] = acc - step if acc >= half else acc + half * (len(keys) - 1 - r) / len(keys)
+    return out
+
+
 # -- validating -----------------------------------------------------------------------------------
 def validate_submission(sub_path: str | os.PathLike, list_path: str | os.PathLike) -> int:
     """Check a submission against the architecture list it answers; returns its entry count."""

@@ -7,6 +7,7 @@ signal (a competition rule; tests/test_monitor.py checks the weights are the sam
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from .cream import Cream, cream_loss
 from .config import ConfigError, config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
 from .losses import RANK_LOSSES, label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .precision import Precision, fp32
 from .sampling import PAIR_MODES, MarginSampler, step_pairs, step_subnets
-from .prefix import score_tree
+from .scoring import score_shared
 from .space import Arch, SearchSpace, Widths
 from .supernet import SuperNet
 
@@ -120,8 +122,10 @@ class Teacher:
 
 def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y, cfg: dict,
                pairs: list[tuple[Arch, Arch, float]] = (), teacher: Teacher | None = None,
-               lam: float = 0.0, cream: Cream | None = None) -> dict:
-    """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log.
+               lam: float = 0.0, cream: Cream | None = None, precision: Precision | None = None,
+               read: bool = True) -> dict:
+    """Forward every subnet of the step, sum the losses, one backward. Returns scalars to log:
+    floats, or with read=False 0-d tensors left on the device (no host-device sync per step).
 
     The first subnet learns from the labels; in the sandwich rule it is the largest and every
     other subnet distils from its detached softmax (in-place distillation), except "pair" subnets
@@ -138,7 +142,9 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
     if students:
         base = getattr(model, "_layers", model)  # the SuperNet under paddle.DataParallel
         plans = dict(zip(students, cream.plan(base, [subnets[i][1] for i in students], x)))
-    logits = model(x, [space.widths(arch) for _, arch in subnets])
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        logits = model(x, [space.widths(arch) for _, arch in subnets])
+    logits = [fp32(out) for out in logits]  # every loss below is computed in fp32
     losses: dict[str, list] = {}
     logits_of: dict[Arch, paddle.Tensor] = {}
     total, soft_target = 0.0, None
@@ -157,7 +163,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
         total = total + loss
         if i in plans:
             cream.observe(arch, out, x, y)
-        losses.setdefault(role, []).append(loss.item())
+        losses.setdefault(role, []).append(loss.detach())
     scalars = {}
     if students:
         used = [p for p in plans.values() if p is not None]
@@ -167,7 +173,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             scalars["cream/teacher_rank"] = float(np.mean([p.rank for p in used]))
         scalars.update(cream.scalars())
     if pairs:
-        rank_terms, agree = [], 0
+        rank_terms, agree = [], []
         label_losses = {arch: label_loss(logits_of[arch], y)
                         for arch in {a for p in pairs for a in p[:2]}}
         for a, b, dist in pairs:
@@ -175,17 +181,27 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             margin = float(r["margin"]) + float(r["margin_per_distance"]) * max(
                 0.0, dist - float(r["threshold"]))
             rank_terms.append(rank_loss(label_losses[a], label_losses[b], za, zb, r["loss"], margin))
-            agree += int((za > zb) == (label_losses[a].item() < label_losses[b].item()))
+            a_lower = label_losses[a].detach() < label_losses[b].detach()
+            agree.append(a_lower if za > zb else ~a_lower)
         rl = paddle.add_n(rank_terms)
         if r["reduce"] == "mean":
             rl = rl / len(rank_terms)
         total = total + lam * rl
-        scalars.update({"rank/loss": rl.item(), "rank/lambda": lam, "rank/agree": agree / len(pairs)})
-    total.backward()
+        scalars.update({"rank/loss": rl.detach(), "rank/lambda": lam,
+                        "rank/agree": paddle.stack(agree).astype("float32").mean()})
+    if precision is not None:
+        precision.backward(total)
+    else:
+        total.backward()
     for role, vals in losses.items():
-        scalars[f"loss/{role}"] = float(np.mean(vals))
-    scalars["loss/total"] = total.item()
-    return scalars
+        scalars[f"loss/{role}"] = paddle.stack(vals).mean()
+    scalars["loss/total"] = total.detach()
+    return read_scalars(scalars) if read else scalars
+
+
+def read_scalars(scalars: dict) -> dict[str, float]:
+    """The scalars as floats: one host-device sync, so only on logging steps."""
+    return {k: v.item() if isinstance(v, paddle.Tensor) else v for k, v in scalars.items()}
 
 
 def train(cfg: dict, resume: bool = False, progress: bool = True) -> Path:
@@ -205,6 +221,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         paddle.distributed.init_parallel_env()
         rank, world = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
     is_main = rank == 0
+    precision = Precision.from_config(cfg)
+    if is_main:
+        print(describe_device(world, precision))
 
     space, model = build_supernet(cfg)
     data = TrainData(cfg, rank=rank, world_size=world)
@@ -213,6 +232,10 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
     cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
+    if is_main and r["enabled"] and r["schedule"] == "linear" and r["cap"] * r["ramp"] > epochs:
+        # ramp counts absolute epochs; say so when this run ends before lambda reaches its cap
+        print(f"note: train.ranking.ramp {r['ramp']} (epochs) brings lambda to only "
+              f"{epochs / r['ramp']:.3g} of cap {r['cap']} by the end of this {epochs}-epoch run")
 
     step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     started = time.perf_counter()
@@ -223,11 +246,21 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 f"{last}: run '{cfg['run']['name']}' already has checkpoints; pass --resume to "
                 f"continue it or set run.name to start another")
         meta = checkpoint.load_weights(last, model, expect_hash=chash)
+        trained_on = meta.get("world_size")
+        if trained_on is not None and trained_on != world:
+            raise checkpoint.CheckpointError(
+                f"{last}: trained with {trained_on} processes, this run has {world}: the global batch, "
+                f"epoch length and LR schedule would change; resume with NPROC={trained_on}")
+        if trained_on is None and meta.get("steps_per_epoch", spe) != spe:  # older checkpoints
+            raise checkpoint.CheckpointError(
+                f"{last}: written with {meta['steps_per_epoch']} steps an epoch, this run has {spe} "
+                f"(another number of processes?); resume with the NPROC it was trained with")
         state = checkpoint.load_state(last)
         opt.set_state_dict(state["optimizer"])
         scheduler.set_state_dict(state["scheduler"])
         if cream is not None:
             cream.set_state_dict(state["cream"])
+        precision.set_state_dict(state.get("precision", {}))
         step, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
         if is_main:
             print(f"resumed from {last} at step {step}/{stop_at}")
@@ -244,11 +277,11 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
                             float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
     teacher = Teacher(cfg, space) if r["enabled"] else None
-    eval_sets = _eval_sets(cfg) if is_main else None
+    eval_sets = _eval_sets(cfg)
     rank_check = None
-    if is_main and int(cfg["monitor"]["every_epochs"]) > 0:
+    if int(cfg["monitor"]["every_epochs"]) > 0:
         from .monitor import RankCheck
-        rank_check = RankCheck(cfg, space, out)
+        rank_check = RankCheck(cfg, space, out, rank=rank, world=world)
 
     def save(tag: str) -> Path | None:
         if world > 1:
@@ -258,8 +291,10 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         state = {"optimizer": opt.state_dict(), "scheduler": scheduler.state_dict()}
         if cream is not None:
             state["cream"] = cream.state_dict()
+        state["precision"] = precision.state_dict()
         meta = {"config_hash": chash, "step": step, "epoch": step / spe, "steps_per_epoch": spe,
-                "finished": step >= stop_at, "val_top1": epoch_top1 if tag.startswith("epoch") else None,
+                "world_size": world, "finished": step >= stop_at,
+                "val_top1": epoch_top1 if tag.startswith("epoch") else None,
                 "train_seconds": round(seconds_before + time.perf_counter() - started, 3)}
         path = checkpoint.save(out, tag, model, state, meta)
         checkpoint.prune(out, keep={tag})
@@ -269,11 +304,13 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not (progress and is_main),
                mininterval=1.0, dynamic_ncols=True)
     final = None
+    window = Window(data)
     while step < stop_at:
         epoch, start = divmod(step, spe)
         for x, y in data.batches(epoch, start_step=start):
-            tic = time.perf_counter()
+            # forward, backward, update
             model.train()
+            log_now = is_main and (step + 1) % t["log_every"] == 0
             subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
             pairs, lam = [], 0.0
             if sampler is not None:
@@ -282,8 +319,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 subnets = subnets + added
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
             active = cream if cream is not None and cream.active(step / spe) else None
-            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
-            opt.step()
+            scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active,
+                                 precision, read=log_now)
+            precision.step(opt)
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
@@ -296,34 +334,36 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
             scheduler.step()
             step += 1
             bar.update(1)
-            if is_main and step % int(t["log_every"]) == 0:
+            window.images += x.shape[0] * world
+            # logging (scalars were read from the device only on this step)
+            if log_now:
                 scalars["lr"] = opt.get_lr()
-                scalars["throughput/images_per_s"] = x.shape[0] * world / (time.perf_counter() - tic)
+                scalars.update(window.scalars())
                 if sampler is not None:
                     scalars["rank/acceptance"] = sampler.acceptance_rate
-                bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.4f}")
-                if writer:
-                    for k, v in scalars.items():
-                        writer.add_scalar(k, v, step)
+                bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", lr=f"{scalars['lr']:.4f}",
+                                img_s=f"{scalars['throughput/images_per_s']:.0f}",
+                                wait=f"{scalars['throughput/data_wait']:.0%}")
+                _log(writer, scalars, step)
             if step >= stop_at:
                 break
-            if step % spe and step % int(t["save_every_steps"]) == 0:
+            # mid-epoch checkpoint
+            if step % spe and step % t["save_every_steps"] == 0:
                 save(f"step_{step:07d}")
+                window.restart()
         if step % spe == 0:
+            # epoch end: evaluation and rank check on every rank's share, then the checkpoint
+            epoch_top1 = evaluate_ends(model, space, eval_sets, t["eval_subnets"], rank, world)
             if is_main:
-                top1 = subnet_health(model, space, int(t["eval_subnets"]), eval_sets)
-                epoch_top1 = top1
-                bar.write(f"epoch {step // spe} step {step}: {describe_health(top1)}")
-                if writer:
-                    for k, v in top1.items():
-                        writer.add_scalar(f"val/top1_{k}", v, step)
-                if rank_check is not None and rank_check.due(step // spe):
-                    checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
+                bar.write(f"epoch {step // spe} step {step}: {describe_health(epoch_top1)}")
+                _log(writer, epoch_top1, step)
+            if rank_check is not None and rank_check.due(step // spe):
+                checked = rank_check(model, step // spe)  # to the log only (see track1/monitor.py)
+                if is_main:
                     bar.write(f"epoch {step // spe}: {rank_check.describe(checked)}")
-                    if writer:
-                        for k, v in checked.items():
-                            writer.add_scalar(k, v, step)
+                    _log(writer, checked, step)
             final = save(f"epoch_{step // spe:03d}")
+            window.restart()
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")
     bar.close()
@@ -343,6 +383,77 @@ def _check_ranking(cfg: dict) -> None:
                           "needs train.sampler=sandwich and train.num_random >= 2")
 
 
+class Window:
+    """Images per second and the fraction of time spent waiting for data, over the steps since
+    the last log line. Timed on the host between logging steps, whose read of the scalars waits
+    for the device, so asynchronous GPU work is counted where it is done."""
+
+    def __init__(self, data):
+        self.data = data
+        self.restart()
+
+    def restart(self) -> None:
+        self.images, self.started = 0, time.perf_counter()
+        self.waited = getattr(self.data, "wait_seconds", 0.0)  # the data helper's cumulative wait
+
+    def scalars(self) -> dict[str, float]:
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        waited = getattr(self.data, "wait_seconds", 0.0) - self.waited
+        out = {"throughput/images_per_s": self.images / seconds, "throughput/data_wait": waited / seconds}
+        self.restart()
+        return out
+
+
+def _log(writer, scalars: dict[str, float], step: int) -> None:
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, step)
+
+
+def describe_device(world: int, precision: Precision) -> str:
+    """The start-up line: device, Paddle build, world size and precision."""
+    cuda = paddle.is_compiled_with_cuda()
+    build = f"CUDA {paddle.version.cuda()}" if cuda else "CPU"
+    line = (f"device {paddle.device.get_device()}, Paddle {paddle.__version__} ({build} build), "
+            f"world size {world}, amp {precision.mode}{precision.device_note()}")
+    if world > 1 and not cuda:
+        line += (f"\nnote: {world} processes with a CPU-only Paddle: the ranks run on CPU and talk over "
+                 f"gloo; for GPUs install paddlepaddle-gpu (DEVICE=gpu bash run.sh --setup)")
+    return line
+
+
+def probe_subnets(space: SearchSpace, n: int) -> list[Arch]:
+    """A fixed set of official-distribution subnets (the same in every run) for health checks."""
+    rng = np.random.default_rng(20220)
+    return [space.sample(rng) for _ in range(n)]
+
+
+def evaluate_ends(model: SuperNet, space: SearchSpace, eval_sets: tuple, n_probe: int = 0,
+                  rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Validation top-1 (after BN re-calibration) of the largest and smallest subnets and the mean,
+    min and max over `n_probe` fixed official subnets: the supernet's health. Each rank evaluates
+    its share of the images; the supernet's BN statistics are left as they were (so no checkpoint
+    carries them)."""
+    roles = {"largest": space.widths(space.largest()), "smallest": space.widths(space.smallest())}
+    probes = [space.widths(a) for a in probe_subnets(space, n_probe)]
+    acc = {w: a for w, (a, _) in score_shared(model, [*roles.values(), *probes], *eval_sets,
+                                              rank, world).items()}
+    out = {f"val/top1_{role}": acc[w] for role, w in roles.items()}
+    if probes:
+        p = [acc[w] for w in probes]
+        out.update({"val/top1_probe_mean": float(np.mean(p)), "val/top1_probe_min": min(p),
+                    "val/top1_probe_max": max(p)})
+    return out
+
+
+def describe_health(top1: dict[str, float]) -> str:
+    text = f"val top-1 largest {top1['val/top1_largest']:.4f} smallest {top1['val/top1_smallest']:.4f}"
+    if "val/top1_probe_mean" in top1:
+        text += (f", official subnets mean {top1['val/top1_probe_mean']:.4f} "
+                 f"({top1['val/top1_probe_min']:.4f}-{top1['val/top1_probe_max']:.4f})")
+    return text
+
+
 def _check_ranks_agree(model: SuperNet) -> None:
     """Stop if the ranks' weights differ: a silent drift (e.g. ranks sampling different subnets)
     would otherwise train several diverging supernets and save only one of them."""
@@ -353,34 +464,6 @@ def _check_ranks_agree(model: SuperNet) -> None:
     if any(not bool((g == gathered[0]).all().item()) for g in gathered[1:]):
         raise RuntimeError("distributed ranks hold different supernet weights; every rank must "
                            "sample the same subnets with the same seed")
-
-
-def probe_subnets(space: SearchSpace, n: int) -> list[Arch]:
-    """A fixed set of official-distribution subnets (the same in every run) for health checks."""
-    rng = np.random.default_rng(20220)
-    return [space.sample(rng) for _ in range(n)]
-
-
-def subnet_health(model: SuperNet, space: SearchSpace, n_probe: int, eval_sets) -> dict[str, float]:
-    """Top-1 after BN re-calibration of the largest and smallest subnets and the mean, min and max of
-    `n_probe` fixed official subnets. Prefix-shared scoring, which leaves the model's BN buffers
-    as they are: the checkpoint written next keeps its training statistics."""
-    roles = {"largest": space.widths(space.largest()), "smallest": space.widths(space.smallest())}
-    probes = [space.widths(a) for a in probe_subnets(space, n_probe)]
-    acc = {w: a for w, a, _ in score_tree(model, list(roles.values()) + probes, *eval_sets)}
-    out = {role: acc[w] for role, w in roles.items()}
-    if probes:
-        p = [acc[w] for w in probes]
-        out.update(probe_mean=float(np.mean(p)), probe_min=min(p), probe_max=max(p))
-    return out
-
-
-def describe_health(top1: dict[str, float]) -> str:
-    text = f"val top-1 largest {top1['largest']:.4f} smallest {top1['smallest']:.4f}"
-    if "probe_mean" in top1:
-        text += (f", official subnets mean {top1['probe_mean']:.4f} "
-                 f"({top1['probe_min']:.4f}-{top1['probe_max']:.4f})")
-    return text
 
 
 def _eval_sets(cfg: dict) -> tuple[list, list]:

@@ -1,0 +1,29 @@
+"""benchmarks/bench_gpu.py runs end to end (at tiny CPU sizes: it has never run on a GPU here)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def test_bench_gpu_runs_every_preset_and_estimates_the_imagenet_wall_time(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--tiny", "--threads", "1",
+                          "--steps", "1", "--warmup", "1", "--amp", "off,bf16", "--json", str(out)],
+                         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["preset"], r["amp"]) for r in rows] == [
+        (p, a) for p in ("imagenet", "sandwich", "spos", "rdnas", "cream") for a in ("off", "bf16")]
+    assert all("error" not in r for r in rows), [r.get("error") for r in rows]
+    assert all(r["images_per_s"] > 0 and 0 <= r["data_wait"] < 1 and r["peak_mem_mb"] > 0 for r in rows)
+    est = result["estimate"]
+    assert est["nproc"] == 8 and est["train_steps"] == 100 * (1_281_167 // (4 * 8))
+    assert est["train_h"] > 0 and est["score_h"] > 0
+    assert est["total_h"] == pytest.approx(est["train_h"] + est["epoch_eval_h"] + est["score_h"], rel=1e-9)
+    assert "imagenet.yaml on 8 processes" in run.stdout and "not a real estimate" in run.stdout
