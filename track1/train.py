@@ -17,10 +17,10 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .cream import Cream, cream_loss
+from .cream import Cream
 from .config import config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
-from .losses import label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .losses import cream_loss, label_loss, rank_loss, rank_weight, soft_cross_entropy
 from .sampling import MarginSampler, step_subnets
 from .scoring import score_widths
 from .space import Arch, SearchSpace, Widths
@@ -154,7 +154,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             loss = soft_cross_entropy(out, soft_target)
         total = total + loss
         if i in plans:
-            cream.observe(arch, out, x, y)
+            cream.observe(arch, out, x, y, plan)
         losses.setdefault(role, []).append(loss.item())
         logits_of.setdefault(arch, out)
     scalars = {}
@@ -209,7 +209,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     schedule_steps = spe * epochs
     stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
-    cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
+    cream = Cream.from_config(cfg, space, schedule_steps) if t["cream"]["enabled"] else None
 
     step, seconds_before = 0, 0.0  # seconds_before: training time of the runs this one resumes
     started = time.perf_counter()
@@ -274,18 +274,22 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
                 pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, seed, step))]
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
-            active = cream if cream is not None and cream.active(step / spe) else None
+            active = cream if cream is not None and cream.active(step) else None
+            # The Cream matcher's look-ahead (on the bare SuperNet, this step's student), before the
+            # step (Cream's order) or after it; it leaves weights, BN statistics and grads as they are.
+            meta_student = (next((a for role, a in subnets if role in cream.roles), None)
+                            if cream is not None and cream.meta_due(step) else None)
+            meta_scalars = {}
+            if meta_student is not None and cream.meta_before:
+                meta_scalars = cream.meta_step(model, meta_student, x, y, step, opt.get_lr())
             scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
             opt.step()
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
-            if cream is not None and cream.meta_due(step, step / spe):
-                # The matcher's look-ahead, on the bare SuperNet at this step's lr; it leaves the
-                # supernet's weights, BN statistics and gradients as they are.
-                student = next((a for role, a in subnets if role in cream.roles), None)
-                if student is not None:
-                    scalars.update(cream.meta_step(model, student, x, y, lr=opt.get_lr()))
+            if meta_student is not None and not cream.meta_before:
+                meta_scalars = cream.meta_step(model, meta_student, x, y, step, opt.get_lr())
+            scalars.update(meta_scalars)
             scheduler.step()
             step += 1
             bar.update(1)
