@@ -252,6 +252,25 @@ def test_nesterov_matcher_optimizer_clips_the_global_norm():
         M.matcher_optimizer(matcher, "rmsprop", lr=0.1)
 
 
+def test_student_step_moves_only_the_listed_weights_with_the_clipped_gradient():
+    """Cream's update_student_weights_only: the supernet's optimizer steps on the given gradients,
+    their global norm clipped to 1; other weights keep a None gradient and stay."""
+    paddle.seed(3)
+    used, idle = paddle.nn.Linear(3, 2), paddle.nn.Linear(2, 2)
+    params = used.parameters() + idle.parameters()
+    opt = paddle.optimizer.Momentum(learning_rate=0.1, momentum=0.9, parameters=params,
+                                    use_nesterov=True, weight_decay=0.0)
+    before = [p.numpy().copy() for p in params]
+    grads = [paddle.full(p.shape, 2.0) for p in used.parameters()]   # norm 2 * sqrt(8)
+    M.student_step(opt, list(zip(used.parameters(), grads)), clip=1.0)
+    scale = 1.0 / (2.0 * math.sqrt(8) + 1e-6)
+    for p, b in zip(used.parameters(), before):
+        np.testing.assert_allclose(p.numpy(), b - 0.1 * 1.9 * 2.0 * scale, rtol=1e-5)
+    for p, b in zip(idle.parameters(), before[2:]):
+        np.testing.assert_array_equal(p.numpy(), b)
+    assert all(p.grad is None for p in params)
+
+
 # -- the matcher's look-ahead update --------------------------------------------------------------
 def _settings(**kw):
     base = dict(board_size=3, store_images=4, pick="meta", meta_interval=1 / 16, meta_lr=1e-2)
@@ -314,6 +333,29 @@ def test_meta_step_moves_rho_against_its_hypergradient(net, batch):
     still = M.meta_step(net, cr.matcher, cr.matcher_opt, cr.board, SPACE, archs[3], x[:8], y[:8],
                         x[8:], y[8:], lr=0.0)
     assert still["cream/meta_drho"] == 0.0
+
+
+def test_meta_student_step_updates_the_student_and_not_the_bn_statistics(batch):
+    x, y = batch
+    paddle.seed(4)
+    net = SuperNet(SPACE)
+    net.train()
+    opt = paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=net.parameters(),
+                                    use_nesterov=True)
+    cr, archs = _filled_cream(net, batch, meta_lookahead="kd", meta_batch=4, meta_clip=1.0,
+                              meta_student_step=True)
+    weights = [p.numpy().copy() for p in net.parameters()]
+    stem = net.stem_conv.weight.numpy().copy()            # every path uses the stem
+    buffers = [b.numpy().copy() for b in net.buffers()]
+    with pytest.raises(ValueError):
+        cr.meta_step(net, archs[3], x, y, step=4, student_lr=0.05)      # no optimizer given
+    scalars = cr.meta_step(net, archs[3], x, y, step=4, student_lr=0.05, optimizer=opt)
+    assert math.isfinite(scalars["cream/meta_drho"])
+    moved = [not np.array_equal(w, p.numpy()) for w, p in zip(weights, net.parameters())]
+    assert any(moved) and not all(moved)          # the student's weights only
+    assert not np.array_equal(stem, net.stem_conv.weight.numpy())
+    assert all(np.array_equal(v, b.numpy()) for v, b in zip(buffers, net.buffers()))
+    assert all(p.grad is None for p in net.parameters())
 
 
 @pytest.mark.parametrize("kind", ["full", "kd"])
@@ -454,8 +496,8 @@ def test_authors_preset_selects_every_authors_choice():
         (10, "authors", 0.05, 4, "teacher", 0.5)
     assert (s.pick, s.meta_order, s.meta_lookahead, s.meta_batch, s.meta_features, s.meta_init) == \
         ("meta", "before", "kd", 4, "flat", "uniform")
-    assert (s.meta_optimizer, s.meta_lr, s.meta_momentum, s.meta_decay, s.meta_clip) == \
-        ("nesterov", 1e-4, 0.9, "linear", 1.0)
+    assert (s.meta_optimizer, s.meta_lr, s.meta_momentum, s.meta_decay, s.meta_clip,
+            s.meta_student_step) == ("nesterov", 1e-4, 0.9, "linear", 1.0, True)
     run = C.Cream(SPACE, 150_000, s)
     assert (run.warmup_steps, run.meta_every) == (26_250, 200)   # epoch 21 of 120; UPDATE_ITER
 
@@ -576,7 +618,7 @@ AUTHORS = ["train.cream.board_rule=authors", "train.cream.gap=0.05", "train.crea
            "train.label_smoothing=0.1", "train.cream.meta_order=before", "train.cream.meta_lookahead=kd",
            "train.cream.meta_batch=4", "train.cream.meta_features=flat", "train.cream.meta_init=uniform",
            "train.cream.meta_optimizer=nesterov", "train.cream.meta_lr=0.1", "train.cream.meta_decay=linear",
-           "train.cream.meta_clip=1.0"]
+           "train.cream.meta_clip=1.0", "train.cream.meta_student_step=true"]
 
 
 def _weights(path):
@@ -619,3 +661,60 @@ def test_cream_on_sandwich_random_roles(tmp_path):
     cfg = tiny_config(tmp_path, *CREAM[1:], "train.sampler=sandwich", "train.max_steps=10",
                       "train.cream.pick=meta", "train.cream.meta_interval=0.2")
     assert train(cfg, progress=False).name == "step_0000010"
+
+
+RANK_SCRIPT = '''
+import sys
+import numpy as np
+import paddle
+from track1 import cream as C
+from track1.space import SearchSpace
+from track1.supernet import SuperNet
+
+paddle.distributed.init_parallel_env()
+rank = paddle.distributed.get_rank()
+space = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
+paddle.seed(0)
+net = SuperNet(space)
+net.train()
+opt = paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=net.parameters(),
+                                use_nesterov=True)
+cr = C.Cream(space, 16, C.Settings(board_size=3, store_images=4, pick="meta", meta_lookahead="kd",
+                                   meta_batch=4, meta_features="flat", meta_optimizer="nesterov",
+                                   meta_lr=0.1, meta_clip=1.0, meta_student_step=True))
+rng = np.random.default_rng(100 + rank)          # each rank its own batch, as under DataParallel
+x = paddle.to_tensor(rng.standard_normal((8, 3, 32, 32)).astype("float32"))
+y = paddle.to_tensor(rng.integers(0, 10, 8).astype("int64"))
+archs = [space.sample(np.random.default_rng(i)) for i in range(4)]   # the same paths on every rank
+for a in archs[:3]:
+    with paddle.no_grad():
+        cr.observe(a, net(x, space.widths(a)), x, y)
+for step in (4, 6):
+    cr.meta_step(net, archs[3], x, y, step, 0.05, opt)
+np.save(sys.argv[1] + f"/matcher.{rank}.npy", cr.matcher.w0.numpy())
+np.save(sys.argv[1] + f"/stem.{rank}.npy", net.stem_conv.weight.numpy())
+'''
+
+
+def test_two_ranks_keep_the_same_matcher_and_student(tmp_path):
+    """Ranks see different batches; the matcher's and the extra student step's gradients are
+    averaged over them, so both stay identical across ranks."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                          "--log_dir", str(tmp_path / "log"), str(script), str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    logs = "".join((tmp_path / "log" / f"workerlog.{r}").read_text()[-1500:] for r in range(2)
+                   if (tmp_path / "log" / f"workerlog.{r}").exists())
+    assert run.returncode == 0, logs
+    m0, m1 = np.load(tmp_path / "matcher.0.npy"), np.load(tmp_path / "matcher.1.npy")
+    s0, s1 = np.load(tmp_path / "stem.0.npy"), np.load(tmp_path / "stem.1.npy")
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_array_equal(s0, s1)
+    init = M.MetaMatcher(10, images=4, features="flat", rng=np.random.default_rng(0)).w0.numpy()
+    assert not np.array_equal(m0, init)               # the matcher did learn

@@ -18,7 +18,7 @@ import paddle.nn.functional as F
 from .board import BOARD_RULES, PathBoard
 from .config import ConfigError
 from .matcher import (FEATURES, INITS, LOOKAHEADS, OPTIMIZERS, PICK_MODES, MetaMatcher,
-                      all_reduce_mean, choose_teacher, matcher_optimizer, meta_step,
+                      all_reduce_mean, choose_teacher, matcher_optimizer, meta_step, student_step,
                       student_logits_on_board, teacher_probs)
 from .space import Arch, SearchSpace
 
@@ -53,6 +53,7 @@ class Settings:
     meta_momentum: float = 0.9
     meta_decay: str = "constant"
     meta_clip: float = 0.0
+    meta_student_step: bool = False
     meta_seed: int = 0
 
     def __post_init__(self):
@@ -179,12 +180,14 @@ class Cream:
         return self.settings.meta_lr
 
     def meta_step(self, model: nn.Layer, student: Arch, x: paddle.Tensor, y: paddle.Tensor,
-                  step: int, student_lr: float) -> dict:
+                  step: int, student_lr: float, optimizer=None) -> dict:
         """The matcher's update on this batch: the look-ahead on its first meta_batch images
         (0 = half the batch), the held-out CE on the next as many (as Cream slices its batch).
 
         Look-ahead "full" steps at the student's lr with the full loss; "kd" (Cream's) steps
         on rho * KD at the matcher's own lr, whose held-out CE uses the label smoothing.
+        meta_student_step (Cream's code) also applies that step's gradient to the student with
+        `optimizer` (the supernet's), clipped to meta_clip, before the held-out gradient.
         """
         s = self.settings
         n = s.meta_batch or x.shape[0] // 2
@@ -193,9 +196,15 @@ class Cream:
         lr = self.meta_lr(step)
         self.matcher_opt.set_lr(lr)
         kd = s.meta_lookahead == "kd"
+        real_step = None
+        if s.meta_student_step:
+            if optimizer is None:
+                raise ValueError("meta_student_step needs the supernet's optimizer")
+            real_step = lambda pairs: student_step(optimizer, pairs, s.meta_clip)  # noqa: E731
         scalars = meta_step(model, self.matcher, self.matcher_opt, self.board, self.space, student,
                             x[:n], y[:n], x[n:2 * n], y[n:2 * n], lr if kd else student_lr,
-                            s.meta_lookahead, self.smoothing, self.smoothing if kd else 0.0)
+                            s.meta_lookahead, self.smoothing, self.smoothing if kd else 0.0,
+                            real_step)
         if scalars:
             scalars["cream/meta_lr"] = lr
         return scalars

@@ -5,7 +5,8 @@ learns from a one-step look-ahead of the student: d CE_held(W'(rho)) / d rho, ch
 weights. The step W'(rho) is linear in rho, so that derivative is exact from first-order gradients
 (`lookahead_hypergradient`); Paddle 3.3.1's double backward does not run through this supernet on
 CPU (tests/test_cream.py shows where it fails). Every extra forward here leaves the supernet's
-weights, gradients and BN statistics as it found them.
+BN statistics and gradients as it found them, and its weights too unless the look-ahead's step is
+applied for real (Cream's code, `real_step`).
 """
 from __future__ import annotations
 
@@ -214,12 +215,29 @@ def all_reduce_mean(values: np.ndarray) -> np.ndarray:
     return t.numpy() / world
 
 
+def student_step(optimizer: paddle.optimizer.Optimizer, pairs: list, clip: float = 0.0) -> None:
+    """One real step of `optimizer` on the given (weight, gradient) pairs only: gradients averaged
+    over ranks (as DataParallel would), the global norm capped at clip as torch's clip_grad_norm_
+    does (clip / (norm + 1e-6)); weights not listed keep a None gradient and do not move."""
+    grads = [g.numpy() for _, g in pairs]
+    flat = all_reduce_mean(np.concatenate([g.ravel() for g in grads]).astype("float32"))
+    if clip > 0:
+        flat = flat * min(1.0, clip / (float(np.sqrt(np.sum(flat.astype("float64") ** 2))) + 1e-6))
+    offset, terms = 0, []
+    for (p, _), g in zip(pairs, grads):
+        terms.append((p * paddle.to_tensor(flat[offset:offset + g.size].reshape(g.shape))).sum())
+        offset += g.size
+    paddle.add_n(terms).backward()
+    optimizer.step()
+    optimizer.clear_grad(set_to_zero=False)
+
+
 # -- the look-ahead update ------------------------------------------------------------------------
 def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Tensor,
                             x_train: paddle.Tensor, y_train: paddle.Tensor, x_held: paddle.Tensor,
                             y_held: paddle.Tensor, lr: float, rho: float, kind: str = "full",
-                            smoothing: float = 0.0,
-                            held_smoothing: float = 0.0) -> tuple[float, float]:
+                            smoothing: float = 0.0, held_smoothing: float = 0.0,
+                            real_step=None) -> tuple[float, float]:
     """(d CE_held(W'(rho)) / d rho, CE_held(W'(rho))) for one plain-SGD step W'(rho) of the student.
 
     kind "full": W' = W - lr * grad cream_loss(rho), so dW'/drho = -lr * (grad KD - grad CE) / 2.
@@ -227,6 +245,9 @@ def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Ten
     Either way the derivative is -lr * <grad CE_held(W'), dW'/drho / -lr>: exact, from first-order
     backward passes. The weights are put back afterwards; .grad is never touched (paddle.grad).
     BN statistics do move: callers wrap this in preserved_buffers.
+    real_step (Cream's code): a callable given [(weight, gradient of the look-ahead loss)] that
+    updates the student for real; the held-out gradient is then taken at the updated weights,
+    which stay.
     """
     if kind not in LOOKAHEADS:
         raise ValueError(f"unknown look-ahead {kind!r}: expected one of {LOOKAHEADS}")
@@ -240,18 +261,23 @@ def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Ten
         g_kd = paddle.grad(kd, params, allow_unused=True)
         g_ce = [None] * len(params)
     used = [(p, a, b) for p, a, b in zip(params, g_kd, g_ce) if a is not None or b is not None]
-    saved = [p.clone() for p, _, _ in used]
-    directions = []  # dW'/drho / -lr
+    saved = [p.clone() for p, _, _ in used] if real_step is None else []
+    directions, steps = [], []  # dW'/drho / -lr, and the look-ahead loss's gradient
     with paddle.no_grad():
         for p, a, b in used:
             a = a if a is not None else paddle.zeros_like(p)
             if kind == "full":
                 b = b if b is not None else paddle.zeros_like(p)
-                p.set_value(p - lr * (rho * a + (2 - rho) * b) / 2)
+                steps.append((rho * a + (2 - rho) * b) / 2)
                 directions.append((a - b) / 2)
             else:
-                p.set_value(p - lr * rho * a)
+                steps.append(rho * a)
                 directions.append(a)
+        if real_step is None:
+            for (p, _, _), g in zip(used, steps):
+                p.set_value(p - lr * g)
+    if real_step is not None:
+        real_step([(p, g) for (p, _, _), g in zip(used, steps)])
     try:
         held = label_loss(model(x_held, widths), y_held, held_smoothing)
         g_held = paddle.grad(held, [p for p, _, _ in used], allow_unused=True)
@@ -266,13 +292,15 @@ def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Ten
 def meta_step(model: nn.Layer, matcher: MetaMatcher, opt: paddle.optimizer.Optimizer,
               board: PathBoard, space: SearchSpace, student: Arch, x_train: paddle.Tensor,
               y_train: paddle.Tensor, x_held: paddle.Tensor, y_held: paddle.Tensor, lr: float,
-              kind: str = "full", smoothing: float = 0.0, held_smoothing: float = 0.0) -> dict:
+              kind: str = "full", smoothing: float = 0.0, held_smoothing: float = 0.0,
+              real_step=None) -> dict:
     """One update of the matcher by a look-ahead of the student; returns scalars to log.
 
     rho(theta) = sigmoid(-score_theta(picked path)); the matcher's gradient is
     d CE_held(W'(rho)) / d rho * d rho / d theta, averaged over ranks (all_reduce), and `opt`
     (with its clipping) takes the step. lr is the look-ahead's step size. Momentum, weight decay
-    and clipping of the student's own optimizer are not simulated.
+    and clipping of the student's own optimizer are not simulated. real_step: see
+    lookahead_hypergradient (the only way this changes the supernet's weights).
     """
     if len(board) == 0:
         return {}
@@ -288,7 +316,8 @@ def meta_step(model: nn.Layer, matcher: MetaMatcher, opt: paddle.optimizer.Optim
         rho0 = float(rho.item())
         t_probs = teacher_probs(model, space.widths(choice.entry.code), x_train)
         d_rho, held = lookahead_hypergradient(model, widths, t_probs, x_train, y_train, x_held,
-                                              y_held, lr, rho0, kind, smoothing, held_smoothing)
+                                              y_held, lr, rho0, kind, smoothing, held_smoothing,
+                                              real_step)
 
     params = matcher.parameters()
     grads = paddle.grad(rho * d_rho, params, allow_unused=True)
