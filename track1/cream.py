@@ -179,9 +179,12 @@ class Cream:
             return self.settings.meta_lr * max(0.0, 1.0 - step / self.total_steps)
         return self.settings.meta_lr
 
-    def meta_step(self, model: nn.Layer, student: Arch, x: paddle.Tensor, y: paddle.Tensor,
-                  step: int, student_lr: float, optimizer=None) -> dict:
-        """The matcher's update on this batch: the look-ahead on its first meta_batch images
+    def meta_step(self, model: nn.Layer, student: Arch | Sequence[tuple[str, Arch]],
+                  x: paddle.Tensor, y: paddle.Tensor, step: int, student_lr: float,
+                  optimizer=None) -> dict:
+        """The matcher's update on this batch for `student` (or the first of the step's
+        (role, arch) subnets whose role learns from the board; none: no update, {}).
+        The look-ahead runs on the batch's first meta_batch images
         (0 = half the batch), the held-out CE on the next as many (as Cream slices its batch).
 
         Look-ahead "full" steps at the student's lr with the full loss; "kd" (Cream's) steps
@@ -189,6 +192,10 @@ class Cream:
         meta_student_step (Cream's code) also applies that step's gradient to the student with
         `optimizer` (the supernet's), clipped to meta_clip, before the held-out gradient.
         """
+        if not isinstance(student, Arch):
+            student = next((a for role, a in student if role in self.roles), None)
+            if student is None:
+                return {}
         s = self.settings
         n = s.meta_batch or x.shape[0] // 2
         if 2 * n > x.shape[0]:

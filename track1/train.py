@@ -278,18 +278,16 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
             # The Cream matcher's look-ahead (on the bare SuperNet, this step's student), before the
             # step (Cream's order) or after it; it leaves BN statistics and grads as they are, and
             # the weights too unless train.cream.meta_student_step.
-            meta_student = (next((a for role, a in subnets if role in cream.roles), None)
-                            if cream is not None and cream.meta_due(step) else None)
             meta_scalars = {}
-            if meta_student is not None and cream.meta_before:
-                meta_scalars = cream.meta_step(model, meta_student, x, y, step, opt.get_lr(), opt)
+            if cream is not None and cream.meta_before and cream.meta_due(step):
+                meta_scalars = cream.meta_step(model, subnets, x, y, step, opt.get_lr(), opt)
             scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active)
             opt.step()
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
-            if meta_student is not None and not cream.meta_before:
-                meta_scalars = cream.meta_step(model, meta_student, x, y, step, opt.get_lr(), opt)
+            if cream is not None and not cream.meta_before and cream.meta_due(step):
+                meta_scalars = cream.meta_step(model, subnets, x, y, step, opt.get_lr(), opt)
             scalars.update(meta_scalars)
             scheduler.step()
             step += 1
