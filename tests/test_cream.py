@@ -486,6 +486,9 @@ def test_settings_reject_bad_values_with_a_config_error():
     x = paddle.zeros([16, 3, 32, 32])
     with pytest.raises(ConfigError):
         cr.meta_step(None, SPACE.largest(), x, paddle.zeros([16], "int64"), 4, 0.1)
+    flat = C.Cream(SPACE, 16, _settings(store_images=20, meta_features="flat"))
+    with pytest.raises(ConfigError):
+        flat.observe(SPACE.largest(), paddle.zeros([16, 10]), x, paddle.zeros([16], "int64"))
 
 
 def test_authors_preset_selects_every_authors_choice():

@@ -162,6 +162,9 @@ class Cream:
         acc = (out.argmax(axis=-1) == y.reshape([-1]).astype("int64")).astype("float32").mean().item()
         acc = float(all_reduce_mean(np.array([acc], "float32"))[0])
         m = min(self.settings.store_images, x.shape[0])
+        if m < self.settings.store_images and self.settings.meta_features == "flat":
+            raise ConfigError(f"train.cream.store_images: {self.settings.store_images} images do "
+                              f"not fit a batch of {x.shape[0]} (meta_features flat needs them all)")
         if self.settings.store_outputs == "teacher" and plan is not None:
             soft = plan.teacher_probs[:m]
         else:
