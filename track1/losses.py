@@ -55,3 +55,14 @@ def rank_weight(epoch: float, total_epochs: float, schedule: str, cap: float, ra
     if schedule == "constant":
         return cap
     raise ValueError(f"unknown rank weight schedule {schedule!r}: expected linear, sin or constant")
+
+
+def cream_loss(student_logits: paddle.Tensor, teacher_probs: paddle.Tensor, labels: paddle.Tensor,
+               rho, smoothing: float = 0.0) -> paddle.Tensor:
+    """Cream's (rho * KD + (2 - rho) * CE) / 2: rho = 1 gives (KD + CE) / 2, rho = 0 gives CE.
+
+    teacher_probs is detached here whatever the caller passes; rho may be a float or a Tensor.
+    """
+    kd = soft_cross_entropy(student_logits, teacher_probs.detach())
+    ce = label_loss(student_logits, labels, smoothing)
+    return (rho * kd + (2 - rho) * ce) / 2

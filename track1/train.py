@@ -18,10 +18,10 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
-from .cream import Cream, cream_loss
+from .cream import Cream
 from .config import ConfigError, config_hash, run_dir
 from .data import TrainData, calibration_batches, validation_batches
-from .losses import RANK_LOSSES, label_loss, rank_loss, rank_weight, soft_cross_entropy
+from .losses import RANK_LOSSES, cream_loss, label_loss, rank_loss, rank_weight, soft_cross_entropy
 from .precision import Precision, fp32
 from .sampling import PAIR_MODES, MarginSampler, step_pairs, step_subnets
 from .scoring import score_shared
@@ -162,7 +162,7 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y,
             loss = soft_cross_entropy(out, soft_target)
         total = total + loss
         if i in plans:
-            cream.observe(arch, out, x, y)
+            cream.observe(arch, out, x, y, plan)
         losses.setdefault(role, []).append(loss.detach())
     scalars = {}
     if students:
@@ -231,7 +231,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     schedule_steps = spe * epochs
     stop_at = min(schedule_steps, int(t["max_steps"])) if int(t["max_steps"]) > 0 else schedule_steps
     opt, scheduler = build_optimizer(cfg, model, schedule_steps, spe)
-    cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
+    cream = Cream.from_config(cfg, space, schedule_steps) if t["cream"]["enabled"] else None
     if is_main and r["enabled"] and r["schedule"] == "linear" and r["cap"] * r["ramp"] > epochs:
         # ramp counts absolute epochs; say so when this run ends before lambda reaches its cap
         print(f"note: train.ranking.ramp {r['ramp']} (epochs) brings lambda to only "
@@ -318,19 +318,22 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                                           seed, step)
                 subnets = subnets + added
                 lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
-            active = cream if cream is not None and cream.active(step / spe) else None
+            active = cream if cream is not None and cream.active(step) else None
+            # The Cream matcher's look-ahead (on the bare SuperNet, this step's student), before the
+            # step (Cream's order) or after it; it leaves BN statistics and grads as they are, and
+            # the weights too unless train.cream.meta_student_step.
+            meta_scalars = {}
+            if cream is not None and cream.meta_before and cream.meta_due(step):
+                meta_scalars = cream.meta_step(model, subnets, x, y, step, opt.get_lr(), opt)
             scalars = train_step(net, space, subnets, x, y, cfg, pairs, teacher, lam, active,
                                  precision, read=log_now)
             precision.step(opt)
             # None, not zero: a parameter this step's subnets did not use must not be updated by
             # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
             opt.clear_grad(set_to_zero=False)
-            if cream is not None and cream.meta_due(step, step / spe):
-                # The matcher's look-ahead, on the bare SuperNet at this step's lr; it leaves the
-                # supernet's weights, BN statistics and gradients as they are.
-                student = next((a for role, a in subnets if role in cream.roles), None)
-                if student is not None:
-                    scalars.update(cream.meta_step(model, student, x, y, lr=opt.get_lr()))
+            if cream is not None and not cream.meta_before and cream.meta_due(step):
+                meta_scalars = cream.meta_step(model, subnets, x, y, step, opt.get_lr(), opt)
+            scalars.update(meta_scalars)
             scheduler.step()
             step += 1
             bar.update(1)
