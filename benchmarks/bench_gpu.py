@@ -52,9 +52,10 @@ import paddle  # noqa: E402
 from track1.config import load_config  # noqa: E402
 from track1.cream import Cream  # noqa: E402
 from track1.precision import Precision  # noqa: E402
-from track1.sampling import MarginSampler, step_subnets  # noqa: E402
+from track1.sampling import step_subnets  # noqa: E402
 from track1.scoring import calibrate_bn, evaluate  # noqa: E402
-from track1.train import Teacher, build_optimizer, build_supernet, train_step  # noqa: E402
+from track1.train import (Teacher, build_optimizer, build_sampler, build_supernet,  # noqa: E402
+                          plan_step, train_step)
 
 CUDA = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 TINY = ["space.width_mult=0.125", "space.resolution=32", "data.batch_size=4", "score.eval_batch=4"]
@@ -109,15 +110,14 @@ def train_row(cfg: dict) -> dict:
     space, model = build_supernet(cfg)
     opt, _ = build_optimizer(cfg, model, total_steps=10 ** 6, steps_per_epoch=1000)
     precision = Precision.from_config(cfg)
-    sampler = MarginSampler(space, r["distance"], r["threshold"], r["depth_weight"], r["width_weight"],
-                            r["max_tries"]) if r["enabled"] else None
+    sampler = build_sampler(cfg, space)
     teacher = Teacher(cfg, space) if r["enabled"] else None
-    cream = Cream.from_config(cfg, space) if t["cream"]["enabled"] else None
+    total = args.warmup + args.steps
+    cream = Cream.from_config(cfg, space, total) if t["cream"]["enabled"] else None
     source = batches(cfg)
     if CUDA:
         paddle.device.cuda.reset_max_memory_allocated()
     model.train()
-    total = args.warmup + args.steps
     for step in range(total):
         if step == args.warmup:
             synchronize()
@@ -126,11 +126,7 @@ def train_row(cfg: dict) -> dict:
         x, y = next(source)
         if step >= args.warmup:
             waited += time.perf_counter() - tic
-        subnets = step_subnets(space, t["sampler"], t["num_random"], cfg["run"]["seed"], step)
-        pairs = []
-        if sampler is not None:
-            firsts = [a for role, a in subnets if role == "random"][: r["pairs"]]
-            pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, 0, step))]
+        subnets, pairs = plan_step(space, cfg, sampler, step)
         scalars = train_step(model, space, subnets, x, y, cfg, pairs, teacher, r["cap"], cream,
                              precision, read=step == total - 1)
         precision.step(opt)

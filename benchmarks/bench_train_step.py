@@ -46,6 +46,7 @@ def worker(root: str, overrides: list[str]) -> None:
     import paddle
 
     from track1 import sampling
+    from track1 import train as train_mod
     from track1.config import load_config
     from track1.train import Teacher, build_optimizer, build_supernet, train_step
 
@@ -63,14 +64,12 @@ def worker(root: str, overrides: list[str]) -> None:
 
     def one_step() -> None:
         nonlocal step
-        subnets = sampling.step_subnets(space, t["sampler"], int(t["num_random"]), 0, step)
-        pairs = []
-        if r["enabled"]:
-            if hasattr(sampling, "step_pairs"):
-                added, pairs = sampling.step_pairs(space, r["pair_mode"], subnets, sampler,
-                                                   int(r["pairs"]), 0, step)
-                subnets = subnets + added
-            else:  # before the pair modes: each random subnet's partner was a role of train_step
+        if hasattr(train_mod, "plan_step"):
+            subnets, pairs = train_mod.plan_step(space, cfg, sampler if r["enabled"] else None, step)
+        else:  # an older tree: each random subnet's partner was a role of train_step
+            subnets = sampling.step_subnets(space, t["sampler"], int(t["num_random"]), 0, step)
+            pairs = []
+            if r["enabled"]:
                 firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
                 pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, 0, step))]
         model.train()

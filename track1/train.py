@@ -120,6 +120,28 @@ class Teacher:
         return self.cache[widths]
 
 
+def build_sampler(cfg: dict, space: SearchSpace) -> MarginSampler | None:
+    """The ranking pairs' margin sampler (None without ranking distillation)."""
+    r = cfg["train"]["ranking"]
+    if not r["enabled"]:
+        return None
+    _check_ranking(cfg)
+    return MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
+                         float(r["width_weight"]), int(r["max_tries"]))
+
+
+def plan_step(space: SearchSpace, cfg: dict, sampler: MarginSampler | None,
+              step: int) -> tuple[list[tuple[str, Arch]], list[tuple[Arch, Arch, float]]]:
+    """The (role, arch) subnets of a step, with what its ranking pairs add, and the pairs: a function
+    of (seed, step), so every rank and a resumed run train the same subnets."""
+    t, r, seed = cfg["train"], cfg["train"]["ranking"], int(cfg["run"]["seed"])
+    subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
+    if sampler is None:
+        return subnets, []
+    added, pairs = step_pairs(space, r["pair_mode"], subnets, sampler, int(r["pairs"]), seed, step)
+    return subnets + added, pairs
+
+
 def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x, y, cfg: dict,
                pairs: list[tuple[Arch, Arch, float]] = (), teacher: Teacher | None = None,
                lam: float = 0.0, cream: Cream | None = None, precision: Precision | None = None,
@@ -272,10 +294,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
     if is_main and t["visualdl"]:
         from visualdl import LogWriter
         writer = LogWriter(logdir=str(out / "vdl"))
-    if r["enabled"]:
-        _check_ranking(cfg)
-    sampler = MarginSampler(space, r["distance"], float(r["threshold"]), float(r["depth_weight"]),
-                            float(r["width_weight"]), int(r["max_tries"])) if r["enabled"] else None
+    sampler = build_sampler(cfg, space)
     teacher = Teacher(cfg, space) if r["enabled"] else None
     eval_sets = _eval_sets(cfg)
     rank_check = None
@@ -311,13 +330,9 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
             # forward, backward, update
             model.train()
             log_now = is_main and (step + 1) % t["log_every"] == 0
-            subnets = step_subnets(space, t["sampler"], int(t["num_random"]), seed, step)
-            pairs, lam = [], 0.0
-            if sampler is not None:
-                added, pairs = step_pairs(space, r["pair_mode"], subnets, sampler, int(r["pairs"]),
-                                          seed, step)
-                subnets = subnets + added
-                lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]), float(r["ramp"]))
+            subnets, pairs = plan_step(space, cfg, sampler, step)
+            lam = rank_weight(step / spe, epochs, r["schedule"], float(r["cap"]),
+                              float(r["ramp"])) if pairs else 0.0
             active = cream if cream is not None and cream.active(step) else None
             # The Cream matcher's look-ahead (on the bare SuperNet, this step's student), before the
             # step (Cream's order) or after it; it leaves BN statistics and grads as they are, and
