@@ -7,6 +7,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .conv import Conv2D
 from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, make_activation
 from .space import SearchSpace, Widths, block_plan
 
@@ -15,13 +16,14 @@ from .space import SearchSpace, Widths, block_plan
 
 
 class DynamicBlock(nn.Layer):
-    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str, conv: str = "stock"):
         super().__init__()
         self.stride = stride
-        self.conv1, self.bn1 = DynamicConv2D(c_in, mid, 3, stride, 1), DynamicBatchNorm2D(mid)
-        self.conv2, self.bn2 = DynamicConv2D(mid, c_out, 3, 1, 1), DynamicBatchNorm2D(c_out)
+        self.conv1 = DynamicConv2D(c_in, mid, 3, stride, 1, conv)
+        self.bn1 = DynamicBatchNorm2D(mid)
+        self.conv2, self.bn2 = DynamicConv2D(mid, c_out, 3, 1, 1, conv), DynamicBatchNorm2D(c_out)
         # Every block owns a projection; a subnet uses it when the stride or the widths need it.
-        self.shortcut_conv = DynamicConv2D(c_in, c_out, 1, stride, 0)
+        self.shortcut_conv = DynamicConv2D(c_in, c_out, 1, stride, 0, conv)
         self.shortcut_bn = DynamicBatchNorm2D(c_out)
         self.act = make_activation(act)
 
@@ -34,20 +36,22 @@ class DynamicBlock(nn.Layer):
 
 
 class SuperNet(nn.Layer):
-    """Max-width weights; forward(x, widths) runs the subnet those widths describe."""
+    """Max-width weights; forward(x, widths) runs the subnet those widths describe. `conv` is the
+    convolution implementation (track1.conv: fast | stock), also that of exported networks."""
 
-    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False):
+    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False,
+                 conv: str = "stock"):
         super().__init__()
-        self.space, self.act_name = space, act
+        self.space, self.act_name, self.conv = space, act, conv
         self.max_widths = space.max_widths
         w = self.max_widths
-        self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3)
+        self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3, conv)
         self.stem_bn = DynamicBatchNorm2D(w.stem)
         self.stages = nn.LayerList()
         for stage, pairs in enumerate(w.blocks):
             self.stages.append(nn.LayerList())
         for stage, _, c_in, mid, c_out, stride in block_plan(w):
-            self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act))
+            self.stages[stage].append(DynamicBlock(c_in, mid, c_out, stride, act, conv))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
         if zero_init_residual:
             zero_residual_branches(self)
@@ -72,7 +76,7 @@ class SuperNet(nn.Layer):
 
     def export(self, widths: Widths) -> "ResNet":
         """A plain paddle.nn network of these widths carrying the supernet's (sliced) weights."""
-        net = ResNet(widths, self.space, self.act_name)
+        net = ResNet(widths, self.space, self.act_name, self.conv)
         own = self.state_dict()
         state = {}
         for name, target in net.state_dict().items():
@@ -84,16 +88,16 @@ class SuperNet(nn.Layer):
 
 
 class BasicBlock(nn.Layer):
-    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str):
+    def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str, conv: str = "stock"):
         super().__init__()
-        self.conv1 = nn.Conv2D(c_in, mid, 3, stride, 1, bias_attr=False)
+        self.conv1 = Conv2D(c_in, mid, 3, stride, 1, conv)
         self.bn1 = nn.BatchNorm2D(mid)
-        self.conv2 = nn.Conv2D(mid, c_out, 3, 1, 1, bias_attr=False)
+        self.conv2 = Conv2D(mid, c_out, 3, 1, 1, conv)
         self.bn2 = nn.BatchNorm2D(c_out)
         self.relu = nn.ReLU()
         self.has_shortcut = stride != 1 or c_in != c_out
         if self.has_shortcut:
-            self.shortcut_conv = nn.Conv2D(c_in, c_out, 1, stride, 0, bias_attr=False)
+            self.shortcut_conv = Conv2D(c_in, c_out, 1, stride, 0, conv)
             self.shortcut_bn = nn.BatchNorm2D(c_out)
         self.act = make_activation(act)
 
@@ -106,18 +110,19 @@ class BasicBlock(nn.Layer):
 
 
 class ResNet(nn.Layer):
-    """The plain network of one subnet, built only from paddle.nn layers."""
+    """The plain network of one subnet: paddle.nn layers, and nn.Conv2D subclasses whose forward
+    is track1.conv's `conv` implementation (fast | stock)."""
 
-    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu"):
+    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu", conv: str = "stock"):
         super().__init__()
         self.widths = widths
-        self.stem_conv = nn.Conv2D(space.in_channels, widths.stem, 7, 2, 3, bias_attr=False)
+        self.stem_conv = Conv2D(space.in_channels, widths.stem, 7, 2, 3, conv)
         self.stem_bn = nn.BatchNorm2D(widths.stem)
         self.stem_relu = nn.ReLU()
         self.pool = nn.MaxPool2D(3, 2, 1)
         self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
         for stage, _, c_in, mid, c_out, stride in block_plan(widths):
-            self.stages[stage].append(BasicBlock(c_in, mid, c_out, stride, act))
+            self.stages[stage].append(BasicBlock(c_in, mid, c_out, stride, act, conv))
         self.avgpool = nn.AdaptiveAvgPool2D(1)
         self.fc = nn.Linear(widths.out_channels, space.num_classes)
 
