@@ -92,7 +92,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
                 cells.append(f"{t[kind + ' fwd']:5.2f} {t[kind + ' f+b']:5.2f}"
                              if kind + " fwd" in t else f"{'-':>5} {'-':>5}")
             print(f"{name:<14} {batch:>4} | " + " | ".join(cells) + " | "
-                  + conv.conv_kind(batch, c, h, h, o, k, s, p), flush=True)
+                  + conv.conv_kind(h, h, k, s, p), flush=True)
 
 
 def bench_steps(args, paddle, F) -> None:

@@ -1,18 +1,21 @@
 """Convolution as large matrix products (forward, input and weight gradients), for training and scoring.
 
 Paddle's CPU conv2d runs an im2col and a small GEMM per image; on the small feature maps of a 32 px
-supernet one GEMM over the whole batch is several times faster (benchmarks/bench_conv.py). Each
-shape takes one of three paths, chosen by `conv_kind`:
+supernet one GEMM over the whole batch is several times faster. Each shape takes the path
+`conv_kind` picks (measured per shape: benchmarks/bench_conv.py):
 
-  dense   tiny maps: the conv is the linear map [N, C*H*W] @ D[C*H*W, O*Ho*Wo], D gathered from the
-          kernel (zero where a tap falls in the padding);
-  im2col  the batch in channel-last layout, k*k shifted slices concatenated into [N*Ho*Wo, k*k*C]
-          columns, one GEMM; the input gradient of a stride-1 conv is the same conv of the output
-          gradient with the flipped kernel; other strides scatter the column gradient back phase by
-          phase;
-  stock   F.conv2d.
+  dense   maps of at most 4x4: the conv is the linear map [N, C*H*W] @ D[C*H*W, O*Ho*Wo], D the
+          kernel times a one-hot tap matrix (zero where a tap falls in the padding); its weight
+          gradient is the transposed product;
+  im2col  the batch channel-last, k*k shifted slices concatenated into [N*Ho*Wo, k*k*C] columns,
+          one GEMM; the input gradient of a 'same' stride-1 conv is the same conv of the output
+          gradient with the flipped kernel, other strides scatter the column gradient back phase
+          by phase. Chosen for 1x1 convs only: for 3x3 and 7x7 kernels Paddle's CPU concat and pad
+          cost more than the stock kernel;
+  stock   F.conv2d (3x3 convs on 8x8 and larger maps, the 7x7 stem).
 
-Results equal F.conv2d to float rounding (the same products summed in another order).
+Each path has its own backward (paddle.autograd.PyLayer); gradients reach a sliced weight's full
+parameter through the slice. Results equal F.conv2d to float rounding (other summation orders).
 """
 from __future__ import annotations
 
@@ -133,19 +136,21 @@ class _Im2col(PyLayer):
         o, c, k = int(weight.shape[0]), int(weight.shape[1]), int(weight.shape[2])
         wmat = weight.transpose([0, 2, 3, 1]).reshape([o, k * k * c])
         out, cols = _im2col_nhwc(x.transpose([0, 2, 3, 1]), wmat, k, stride, padding)
-        ctx.conf = (tuple(x.shape), k, stride, padding)
+        ctx.conf = (tuple(x.shape), k, stride, padding, not x.stop_gradient)
         ctx.save_for_backward(cols, wmat)
         return out.transpose([0, 3, 1, 2])
 
     @staticmethod
     def backward(ctx, dy):
         cols, wmat = ctx.saved_tensor()
-        (n, c, h, w), k, s, p = ctx.conf
+        (n, c, h, w), k, s, p, need_dx = ctx.conf
         o = int(wmat.shape[0])
         dyh = dy.transpose([0, 2, 3, 1])
         dym = dyh.reshape([-1, o])
         dw = paddle.matmul(dym, cols, transpose_x=True)
         dw = dw.reshape([o, k, k, c]).transpose([0, 3, 1, 2])
+        if not need_dx:
+            return None, dw
         if s == 1 and 2 * p == k - 1:
             # Input gradient of a 'same' conv: the same conv of dy with the flipped, transposed kernel.
             wflip = wmat.reshape([o, k, k, c]).flip([1, 2]).transpose([3, 1, 2, 0])
@@ -163,16 +168,18 @@ class _Dense(PyLayer):
         ho, wo = out_size(h, k, stride, padding), out_size(w, k, stride, padding)
         dense = dense_matrix(weight, h, w, stride, padding)
         xm = x.reshape([n, c * h * w])
-        ctx.conf = (tuple(x.shape), tuple(weight.shape), stride, padding)
+        ctx.conf = (tuple(x.shape), tuple(weight.shape), stride, padding, not x.stop_gradient)
         ctx.save_for_backward(xm, dense)
         return paddle.matmul(xm, dense).reshape([n, o, ho, wo])
 
     @staticmethod
     def backward(ctx, dy):
         xm, dense = ctx.saved_tensor()
-        (n, c, h, w), (o, _, k, _), s, p = ctx.conf
+        (n, c, h, w), (o, _, k, _), s, p, need_dx = ctx.conf
         dym = dy.reshape([n, -1])
-        dx = paddle.matmul(dym, dense, transpose_y=True).reshape([n, c, h, w])
+        dx = None
+        if need_dx:
+            dx = paddle.matmul(dym, dense, transpose_y=True).reshape([n, c, h, w])
         dd = paddle.matmul(xm, dym, transpose_x=True)  # [C*H*W, O*Ho*Wo]
         hw, l = h * w, int(dy.shape[2]) * int(dy.shape[3])
         dd = dd.reshape([c, hw, o, l]).transpose([2, 0, 1, 3]).reshape([o * c, hw * l])
@@ -180,8 +187,8 @@ class _Dense(PyLayer):
         return dx, dw
 
 
-def conv_kind(n: int, c: int, h: int, w: int, o: int, k: int, s: int, p: int) -> str:
-    """Which path computes this conv shape fastest (measured: benchmarks/bench_conv.py)."""
+def conv_kind(h: int, w: int, k: int, s: int, p: int) -> str:
+    """The path for a conv on H x W maps (per-shape times: benchmarks/bench_conv.py)."""
     if h * w <= 16 and dense_waste(h, w, k, s, p) <= 3.0:
         return "dense"
     if k == 1:
@@ -197,9 +204,8 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int = 1, padding: in
         return F.conv2d(x, weight, stride=stride, padding=padding)
     if mode != "fast":
         raise ValueError(f"unknown conv mode {mode!r}: expected one of {', '.join(MODES)}")
-    n, c, h, w = x.shape
-    o, k = int(weight.shape[0]), int(weight.shape[2])
-    kind = conv_kind(n, c, h, w, o, k, stride, padding)
+    h, w, k = int(x.shape[2]), int(x.shape[3]), int(weight.shape[2])
+    kind = conv_kind(h, w, k, stride, padding)
     if kind == "dense":
         return _Dense.apply(x, weight, stride, padding)
     if kind == "im2col":
