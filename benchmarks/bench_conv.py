@@ -9,15 +9,21 @@ official code at batch 256, with train.conv stock and fast, interleaved. Each th
 its own subprocess with OMP_NUM_THREADS set before paddle is imported.
 
     .venv/bin/python benchmarks/bench_conv.py [--threads 1,2] [--rounds N] [--part shapes,steps]
+
+Targets (issue 11): the step at 1 thread >= 3x faster with fast than with stock; 2 threads >= 1.5x
+faster than 1 thread. Time it on a quiet machine: other processes make absolute ms meaningless
+(the interleaved ratios less so).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--part", default="shapes,steps", help="comma list: shapes, steps")
     p.add_argument("--batches", default="64,256", help="batch sizes of the per-shape and supernet parts")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -95,7 +102,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
                   + conv.conv_kind(h, h, k, s, p), flush=True)
 
 
-def bench_steps(args, paddle, F) -> None:
+def bench_steps(args, paddle, F) -> dict:
     import json
 
     import numpy as np
@@ -143,6 +150,7 @@ def bench_steps(args, paddle, F) -> None:
         stock, fast = t[name + " stock"], t[name + " fast"]
         print(f"{name:<60} stock {stock:7.1f} ms  fast {fast:7.1f} ms  x{stock / fast:4.2f}",
               flush=True)
+    return t
 
 
 def worker(args) -> int:
@@ -162,7 +170,10 @@ def worker(args) -> int:
     if "shapes" in parts:
         bench_shapes(args, paddle, F, conv)
     if "steps" in parts:
-        bench_steps(args, paddle, F)
+        times = bench_steps(args, paddle, F)
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(times, fh)
     return 0
 
 
@@ -174,15 +185,28 @@ def main(argv=None) -> int:
     print(f"on: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print("command: " + " ".join([os.path.relpath(sys.executable, ROOT), *sys.argv]))
-    for threads in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FLAGS_paddle_num_threads"):
-            env[var] = str(threads)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(threads),
-               "--rounds", str(args.rounds), "--part", args.part, "--batches", args.batches]
-        rc = subprocess.call(cmd, env=env)
-        if rc:
-            return rc
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            env = dict(os.environ)
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FLAGS_paddle_num_threads"):
+                env[var] = str(threads)
+            out = os.path.join(tmp, f"{threads}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(threads), "--out", out,
+                   "--rounds", str(args.rounds), "--part", args.part, "--batches", args.batches]
+            rc = subprocess.call(cmd, env=env)
+            if rc:
+                return rc
+            if os.path.exists(out):
+                with open(out) as fh:
+                    results[threads] = json.load(fh)
+    if len(results) > 1:
+        base = min(results)
+        print(f"\n== speed-up over {base} thread(s), same path (medians; separate processes)")
+        for threads in sorted(results):
+            if threads != base:
+                for name, ms in results[threads].items():
+                    print(f"{name:<66} {threads} threads x{results[base][name] / ms:4.2f}")
     return 0
 
 
