@@ -215,7 +215,9 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int = 1, padding: in
 
 class Conv2D(nn.Conv2D):
     """A bias-free nn.Conv2D (same parameter name, shape and initialisation) whose forward is
-    conv2d(..., mode): state dicts and seeds carry over between the two modes unchanged."""
+    conv2d(..., mode): state dicts and seeds carry over between the two modes unchanged.
+    paddle.flops matches layers by exact type: pass it custom_ops={Conv2D: count_convNd}
+    (paddle.hapi.dynamic_flops) to count these."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, mode: str = "fast"):
