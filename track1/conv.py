@@ -264,7 +264,7 @@ class Conv2D(nn.Conv2D):
     (paddle.hapi.dynamic_flops) to count these."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, mode: str = "fast"):
+                 padding: int = 0, mode: str = "stock"):
         if mode not in MODES:
             raise ValueError(f"unknown conv mode {mode!r}: expected one of {', '.join(MODES)}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias_attr=False)

@@ -19,8 +19,7 @@ class DynamicBlock(nn.Layer):
     def __init__(self, c_in: int, mid: int, c_out: int, stride: int, act: str, conv: str = "stock"):
         super().__init__()
         self.stride = stride
-        self.conv1 = DynamicConv2D(c_in, mid, 3, stride, 1, conv)
-        self.bn1 = DynamicBatchNorm2D(mid)
+        self.conv1, self.bn1 = DynamicConv2D(c_in, mid, 3, stride, 1, conv), DynamicBatchNorm2D(mid)
         self.conv2, self.bn2 = DynamicConv2D(mid, c_out, 3, 1, 1, conv), DynamicBatchNorm2D(c_out)
         # Every block owns a projection; a subnet uses it when the stride or the widths need it.
         self.shortcut_conv = DynamicConv2D(c_in, c_out, 1, stride, 0, conv)
