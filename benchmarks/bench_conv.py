@@ -71,8 +71,9 @@ def _median_rounds(funcs: dict, rounds: int, reps: int) -> dict:
 def bench_shapes(args, paddle, F, conv) -> None:
     import numpy as np
     rng = np.random.default_rng(0)
+    kinds = ("stock1", "im2col", "dense")  # stock1: stock kernels on one thread (_Stock)
     print(f"{'shape':<14} {'N':>4} | stock: fwd  f+b   dx   dw | " + " | ".join(
-        f"{k}: fwd  f+b" for k in ("im2col", "dense")) + " | chosen")
+        f"{k}: fwd  f+b" for k in kinds) + " | chosen")
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, c, o, h, k, s, p in SHAPES:
             x = paddle.to_tensor(rng.standard_normal((batch, c, h, h)).astype("float32"))
@@ -81,6 +82,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
             ho = conv.out_size(h, k, s, p)
             dy = paddle.to_tensor(rng.standard_normal((batch, o, ho, ho)).astype("float32"))
             impls = {"stock": lambda x, w: F.conv2d(x, w, stride=s, padding=p),
+                     "stock1": lambda x, w: conv._Stock.apply(x, w, s, p),
                      "im2col": lambda x, w: conv._Im2col.apply(x, w, s, p)}
             if conv.dense_waste(h, h, k, s, p) <= 16:
                 impls["dense"] = lambda x, w: conv._Dense.apply(x, w, s, p)
@@ -95,7 +97,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
             t = _median_rounds(funcs, args.rounds, 3)
             cells = [f"{t['stock fwd']:5.2f} {t['stock f+b']:5.2f} {t['stock dx']:5.2f} "
                      f"{t['stock dw']:5.2f}"]
-            for kind in ("im2col", "dense"):
+            for kind in kinds:
                 cells.append(f"{t[kind + ' fwd']:5.2f} {t[kind + ' f+b']:5.2f}"
                              if kind + " fwd" in t else f"{'-':>5} {'-':>5}")
             print(f"{name:<14} {batch:>4} | " + " | ".join(cells) + " | "
