@@ -4,7 +4,9 @@ import io
 import numpy as np
 import paddle
 import pytest
+from paddle.hapi.dynamic_flops import count_convNd
 
+from track1.conv import Conv2D
 from track1.space import (OFFICIAL_CHOICES, Arch, CodeError, SearchSpace, block_plan, hamming,
                           make_divisible, official_problem, parse, parse_official, unique_widths)
 from track1.supernet import ResNet
@@ -128,7 +130,9 @@ def test_analytic_counts_equal_paddle_flops_and_params(width_mult, resolution, c
     for arch in [space.largest(), space.smallest(), space.sample(rng), parse(EXAMPLE)]:
         net = ResNet(space.widths(arch), space)
         with contextlib.redirect_stdout(io.StringIO()):  # paddle.flops prints even when asked not to
-            flops = paddle.flops(net, [1, 3, resolution, resolution])
+            # paddle.flops matches layers by exact type: track1.conv.Conv2D is an nn.Conv2D subclass
+            flops = paddle.flops(net, [1, 3, resolution, resolution],
+                                 custom_ops={Conv2D: count_convNd})
         params = sum(int(np.prod(p.shape)) for p in net.parameters() if p.trainable)
         assert space.flops(arch) == flops
         assert space.params(arch) == params

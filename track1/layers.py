@@ -5,6 +5,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .conv import MODES, conv2d
+
 
 def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
     """t[:sizes[0], :sizes[1], ...], differentiable, through paddle.split (forward: a copy or view).
@@ -26,13 +28,16 @@ def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
 
 
 class DynamicConv2D(nn.Layer):
-    """A bias-free conv whose subnet uses weight[:out, :in] (input channels come from the input)."""
+    """A bias-free conv whose subnet uses weight[:out, :in] (input channels come from the input);
+    `conv` picks track1.conv's implementation (fast | stock)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0):
+                 padding: int = 0, conv: str = "stock"):
         super().__init__()
+        if conv not in MODES:
+            raise ValueError(f"unknown conv mode {conv!r}: expected one of {', '.join(MODES)}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride, self.padding = stride, padding
+        self.stride, self.padding, self.conv = stride, padding, conv
         self.weight = self.create_parameter(
             [out_channels, in_channels, kernel_size, kernel_size],
             default_initializer=nn.initializer.KaimingNormal())
@@ -40,7 +45,7 @@ class DynamicConv2D(nn.Layer):
     def forward(self, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
         in_channels = x.shape[1]
         weight = leading(self.weight, (out_channels, in_channels))
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+        return conv2d(x, weight, self.stride, self.padding, self.conv)
 
 
 class DynamicBatchNorm2D(nn.Layer):

@@ -30,7 +30,7 @@ are held.
 Two engines run a layer. `_LayerEngine` (fast=False) calls the supernet's own layers batch by
 batch, exactly the operations of calibrate_bn and evaluate. `_FastEngine` (fast=True, the default)
 stacks all calibration and evaluation images into one tensor, computes block convolutions with
-`FastConv` (large matrix products instead of Paddle's per-image CPU conv kernel; 3-12x faster on
+`track1.conv.FastConv` (large matrix products instead of Paddle's per-image CPU conv kernel, on
 the 4x4..1x1 maps where most of a list's work is) and runs F.batch_norm part by part with the same
 momentum rule into per-layer running statistics of its own. Both agree with per-code scoring to
 float rounding (tests/test_prefix.py).
@@ -40,15 +40,13 @@ convention); on the official list at width 1.0 / 224 px the ratio is 1.876.
 """
 from __future__ import annotations
 
-import functools
 import time
-from collections import OrderedDict
 from typing import Iterator, Sequence
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from .conv import FastConv
 from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out, needs_projection
 from .supernet import SuperNet
 
@@ -136,102 +134,6 @@ def count_macs(space: SearchSpace, widths_list: Sequence[Widths]) -> tuple[int, 
     """
     per_code = sum(space.flops(w) for w in dict.fromkeys(widths_list))
     return int(per_code), int(sum(shared_macs_by_part(space, widths_list).values()))
-
-
-# ------------------------------------------------------------------------------------------------
-# Convolution as large matrix products
-
-class FastConv:
-    """conv2d with a DynamicConv2D's leading weights, computed as one large matrix product.
-
-    Paddle 3.3's CPU conv2d does an im2col and a small GEMM per image, which on the 4x4 .. 1x1
-    feature maps of a 32x32 supernet is far from what one large GEMM reaches (1,000 images, one
-    thread: 3x3 64->64 on 2x2 maps 45 ms against 3 ms; 32->32 on 4x4 23 ms against 12 ms; 128->128
-    on 1x1 14 ms against 0.8 ms; large GEMMs ~20 GMAC/s per thread on this host). So:
-
-      dense   small maps: the conv is the linear map [N, C*H*W] @ D[C*H*W, O*Ho*Wo], D gathered from
-              the kernel (zero where a tap falls in the padding); used when D holds at most
-              `max_waste` times as many multiply-adds as the conv itself (2x2 and 1x1 maps, 4x4 maps
-              with a 3x3 kernel).
-      unfold  other 1x1 convs (projection shortcuts): F.unfold (a strided subsample) and a matmul.
-      native  F.conv2d for the rest (3x3 on 8x8 and larger maps, the 7x7 stem), where it is about
-              as fast as the alternatives at one thread; also when the unfolded columns would
-              exceed `max_cols` elements.
-
-    The same products summed in another order: outputs equal F.conv2d to float rounding.
-    Prepared weights (D, or the [O, C*k*k] matrix) are cached per (conv, C, O, H, W), least
-    recently used first out once they exceed `cache_bytes`; the cache assumes the weights do not
-    change while it is alive (score_tree makes one per call, under no_grad).
-    """
-
-    def __init__(self, max_waste: float = 3.0, max_cols: int = 1 << 26,
-                 cache_bytes: int = 256 << 20):
-        self.max_waste, self.max_cols, self.cache_bytes = max_waste, max_cols, cache_bytes
-        self._cache: OrderedDict[tuple, tuple[str, paddle.Tensor | None]] = OrderedDict()
-        self._bytes = 0
-
-    def __call__(self, conv, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
-        n, c, h, w = x.shape
-        k, s, p = int(conv.weight.shape[2]), conv.stride, conv.padding
-        ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
-        key = (id(conv), c, out_channels, h, w)
-        entry = self._cache.get(key)
-        if entry is None:
-            entry = self._prepare(conv, c, out_channels, h, w)
-            self._store(key, entry)
-        else:
-            self._cache.move_to_end(key)
-        kind, mat = entry
-        if kind == "dense":
-            return paddle.matmul(x.reshape([n, c * h * w]), mat).reshape([n, out_channels, ho, wo])
-        if kind == "native" or n * c * k * k * ho * wo > self.max_cols:
-            weight = conv.weight[:out_channels, :c]
-            return F.conv2d(x, weight, stride=s, padding=p)
-        cols = F.unfold(x, k, strides=s, paddings=p)  # [N, C*k*k, Ho*Wo]
-        if ho * wo >= 32:
-            # Batched [O, Ck^2] @ [Ck^2, L] per image: no transposes, and L is long enough.
-            return paddle.matmul(mat, cols).reshape([n, out_channels, ho, wo])
-        out = paddle.matmul(cols.transpose([0, 2, 1]).reshape([n * ho * wo, c * k * k]), mat,
-                            transpose_y=True)
-        return out.reshape([n, ho * wo, out_channels]).transpose([0, 2, 1]).reshape(
-            [n, out_channels, ho, wo])
-
-    def _prepare(self, conv, c: int, o: int, h: int, w: int) -> tuple[str, paddle.Tensor | None]:
-        k, s, p = int(conv.weight.shape[2]), conv.stride, conv.padding
-        idx, useful = _dense_taps(h, w, k, s, p)
-        if idx.size > self.max_waste * useful and k != 1:
-            return "native", None
-        weight = conv.weight[:o, :c].reshape([o, c * k * k])  # a contiguous copy of the slice
-        if idx.size <= self.max_waste * useful:
-            padded = paddle.concat([weight.reshape([o, c, k * k]), paddle.zeros([o, c, 1])], axis=2)
-            ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
-            dense = paddle.gather(padded, paddle.to_tensor(idx.reshape(-1)), axis=2)
-            dense = dense.reshape([o, c, h * w, ho * wo]).transpose([1, 2, 0, 3])
-            return "dense", dense.reshape([c * h * w, o * ho * wo])
-        return "unfold", weight
-
-    def _store(self, key: tuple, entry: tuple[str, paddle.Tensor | None]) -> None:
-        self._cache[key] = entry
-        if entry[1] is not None:
-            self._bytes += int(entry[1].numel()) * 4
-        while self._bytes > self.cache_bytes and len(self._cache) > 1:
-            _, (_, old) = self._cache.popitem(last=False)
-            if old is not None:
-                self._bytes -= int(old.numel()) * 4
-
-
-@functools.lru_cache(maxsize=None)
-def _dense_taps(h: int, w: int, k: int, s: int, p: int) -> tuple[np.ndarray, int]:
-    """[H*W, Ho*Wo] kernel tap linking input (iy, ix) to output (oy, ox), k*k where none; and the
-    number of real taps (the conv's multiply-adds per channel pair)."""
-    ho, wo = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
-    iy, ix = np.divmod(np.arange(h * w), w)
-    oy, ox = np.divmod(np.arange(ho * wo), wo)
-    ty = iy[:, None] - oy[None, :] * s + p
-    tx = ix[:, None] - ox[None, :] * s + p
-    inside = (ty >= 0) & (ty < k) & (tx >= 0) & (tx < k)
-    idx = np.where(inside, ty * k + tx, k * k).astype(np.int64)
-    return idx, int(inside.sum())
 
 
 # ------------------------------------------------------------------------------------------------

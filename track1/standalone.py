@@ -39,7 +39,7 @@ from .files import append_jsonl, read_jsonl, repair_jsonl, write_json
 from .losses import label_loss
 from .space import SearchSpace, Widths
 from .supernet import BasicBlock, ResNet
-from .train import build_space, lr_factor
+from .train import build_space, conv_mode, lr_factor
 
 # Keys of the standalone section that do not change a result (left out of the recipe hash).
 _NOT_RECIPE = {"seeds", "num_codes", "log_every", "visualdl"}
@@ -71,6 +71,9 @@ def recipe_hash(cfg: dict) -> str:
         "space": cfg["space"],
         "data": {k: v for k, v in cfg["data"].items() if k not in _NOT_RECIPE_DATA},
     }
+    if cfg["train"]["conv"] != "stock":
+        # Float rounding differs; stock stays out so results logged before the key existed resume.
+        recipe["conv"] = cfg["train"]["conv"]
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -80,7 +83,7 @@ def build_network(cfg: dict, code: str, seed: int) -> tuple[SearchSpace, ResNet]
     space = build_space(cfg)
     paddle.seed(int(seed))
     with paddle.utils.unique_name.guard():
-        net = ResNet(space.widths(code), space, cfg["space"]["act"])
+        net = ResNet(space.widths(code), space, cfg["space"]["act"], conv_mode(cfg))
     if cfg["standalone"]["zero_init_residual"]:
         # Each block starts as its shortcut (Goyal et al. 2017): stable for the deepest networks.
         for layer in net.sublayers():

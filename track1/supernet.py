@@ -7,6 +7,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .conv import Conv2D
 from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, make_activation
 from .space import Block, CodeError, SearchSpace, Widths, block_plan
 
@@ -18,13 +19,14 @@ class DynamicBlock(nn.Layer):
     """A BasicBlock over max widths. Only the blocks whose shortcut the official sub-space always
     projects (the first of stages 2-4) own a projection; every other block adds the identity."""
 
-    def __init__(self, b: Block, act: str):
+    def __init__(self, b: Block, act: str, conv: str = "stock"):
         super().__init__()
         self.stride, self.projection = b.stride, b.projection
-        self.conv1, self.bn1 = DynamicConv2D(b.c_in, b.mid, 3, b.stride, 1), DynamicBatchNorm2D(b.mid)
-        self.conv2, self.bn2 = DynamicConv2D(b.mid, b.c_out, 3, 1, 1), DynamicBatchNorm2D(b.c_out)
+        self.conv1 = DynamicConv2D(b.c_in, b.mid, 3, b.stride, 1, conv)
+        self.bn1 = DynamicBatchNorm2D(b.mid)
+        self.conv2, self.bn2 = DynamicConv2D(b.mid, b.c_out, 3, 1, 1, conv), DynamicBatchNorm2D(b.c_out)
         if b.projection:
-            self.shortcut_conv = DynamicConv2D(b.c_in, b.c_out, 1, b.stride, 0)
+            self.shortcut_conv = DynamicConv2D(b.c_in, b.c_out, 1, b.stride, 0, conv)
             self.shortcut_bn = DynamicBatchNorm2D(b.c_out)
         self.act = make_activation(act)
 
@@ -40,20 +42,22 @@ class DynamicBlock(nn.Layer):
 
 
 class SuperNet(nn.Layer):
-    """Max-width weights; forward(x, widths) runs the subnet those widths describe."""
+    """Max-width weights; forward(x, widths) runs the subnet those widths describe. `conv` is the
+    convolution implementation (track1.conv: fast | stock), also that of exported networks."""
 
-    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False):
+    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False,
+                 conv: str = "stock"):
         super().__init__()
-        self.space, self.act_name = space, act
+        self.space, self.act_name, self.conv = space, act, conv
         self.max_widths = space.max_widths
         w = self.max_widths
-        self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3)
+        self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3, conv)
         self.stem_bn = DynamicBatchNorm2D(w.stem)
         self.stages = nn.LayerList()
         for stage, pairs in enumerate(w.blocks):
             self.stages.append(nn.LayerList())
         for b in block_plan(w):  # the largest subnet is official: projections where it has them
-            self.stages[b.stage].append(DynamicBlock(b, act))
+            self.stages[b.stage].append(DynamicBlock(b, act, conv))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
         if zero_init_residual:
             zero_residual_branches(self)
@@ -78,7 +82,7 @@ class SuperNet(nn.Layer):
 
     def export(self, widths: Widths) -> "ResNet":
         """A plain paddle.nn network of these widths carrying the supernet's (sliced) weights."""
-        net = ResNet(widths, self.space, self.act_name)
+        net = ResNet(widths, self.space, self.act_name, self.conv)
         own = self.state_dict()
         state = {}
         for name, target in net.state_dict().items():
@@ -94,16 +98,16 @@ class SuperNet(nn.Layer):
 class BasicBlock(nn.Layer):
     """A plain BasicBlock; any well-formed code builds (a projection wherever block_plan says)."""
 
-    def __init__(self, b: Block, act: str):
+    def __init__(self, b: Block, act: str, conv: str = "stock"):
         super().__init__()
-        self.conv1 = nn.Conv2D(b.c_in, b.mid, 3, b.stride, 1, bias_attr=False)
+        self.conv1 = Conv2D(b.c_in, b.mid, 3, b.stride, 1, conv)
         self.bn1 = nn.BatchNorm2D(b.mid)
-        self.conv2 = nn.Conv2D(b.mid, b.c_out, 3, 1, 1, bias_attr=False)
+        self.conv2 = Conv2D(b.mid, b.c_out, 3, 1, 1, conv)
         self.bn2 = nn.BatchNorm2D(b.c_out)
         self.relu = nn.ReLU()
         self.projection = b.projection
         if b.projection:
-            self.shortcut_conv = nn.Conv2D(b.c_in, b.c_out, 1, b.stride, 0, bias_attr=False)
+            self.shortcut_conv = Conv2D(b.c_in, b.c_out, 1, b.stride, 0, conv)
             self.shortcut_bn = nn.BatchNorm2D(b.c_out)
         self.act = make_activation(act)
 
@@ -116,18 +120,19 @@ class BasicBlock(nn.Layer):
 
 
 class ResNet(nn.Layer):
-    """The plain network of one subnet, built only from paddle.nn layers."""
+    """The plain network of one subnet: paddle.nn layers, and nn.Conv2D subclasses whose forward
+    is track1.conv's `conv` implementation (fast | stock)."""
 
-    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu"):
+    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu", conv: str = "stock"):
         super().__init__()
         self.widths = widths
-        self.stem_conv = nn.Conv2D(space.in_channels, widths.stem, 7, 2, 3, bias_attr=False)
+        self.stem_conv = Conv2D(space.in_channels, widths.stem, 7, 2, 3, conv)
         self.stem_bn = nn.BatchNorm2D(widths.stem)
         self.stem_relu = nn.ReLU()
         self.pool = nn.MaxPool2D(3, 2, 1)
         self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
         for b in block_plan(widths):
-            self.stages[b.stage].append(BasicBlock(b, act))
+            self.stages[b.stage].append(BasicBlock(b, act, conv))
         self.avgpool = nn.AdaptiveAvgPool2D(1)
         self.fc = nn.Linear(widths.out_channels, space.num_classes)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .cream import Cream
 from .config import ConfigError, config_hash, run_dir
+from .conv import MODES as CONV_MODES
 from .data import TrainData, calibration_batches, validation_batches
 from .losses import RANK_LOSSES, cream_loss, label_loss, rank_loss, rank_weight, soft_cross_entropy
 from .precision import Precision, fp32
@@ -35,6 +36,14 @@ def build_space(cfg: dict) -> SearchSpace:
                        num_classes=int(s["num_classes"]))
 
 
+def conv_mode(cfg: dict) -> str:
+    """train.conv, checked: the convolution implementation of the supernet and stand-alone nets."""
+    mode = cfg["train"]["conv"]
+    if mode not in CONV_MODES:
+        raise ConfigError(f"train.conv: {mode!r} is not one of {', '.join(CONV_MODES)}")
+    return mode
+
+
 def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
     """The supernet, initialised from the run seed. The name guard gives the parameters the same
     global names in every process, which the optimizer state is keyed by."""
@@ -42,7 +51,8 @@ def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
     paddle.seed(int(cfg["run"]["seed"]))
     with paddle.utils.unique_name.guard():
         model = SuperNet(space, act=cfg["space"]["act"],
-                         zero_init_residual=bool(cfg["train"]["zero_init_residual"]))
+                         zero_init_residual=bool(cfg["train"]["zero_init_residual"]),
+                         conv=conv_mode(cfg))
     return space, model
 
 

@@ -1,0 +1,211 @@
+"""track1.conv equals stock F.conv2d: outputs, input and weight gradients, whole networks, FastConv."""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from track1 import conv
+from track1.config import ConfigError
+from track1.conv import FastConv, conv2d
+from track1.layers import DynamicConv2D, leading
+from track1.space import SearchSpace
+from track1.supernet import ResNet, SuperNet
+from track1.train import conv_mode
+
+RTOL = 1e-5
+SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
+CODE = "1252233313000000223212122253130000000000006515000000"
+
+# (batch, in, out, map, kernel, stride, padding): the network's convs and a few odd ones.
+SHAPES = [
+    (2, 3, 8, 32, 7, 2, 3),     # stem
+    (3, 8, 8, 8, 3, 1, 1), (1, 8, 16, 8, 3, 2, 1), (2, 8, 16, 8, 1, 2, 0),
+    (2, 16, 16, 4, 3, 1, 1), (1, 16, 32, 4, 3, 2, 1), (3, 16, 32, 4, 1, 2, 0),
+    (2, 32, 32, 2, 3, 1, 1), (2, 32, 64, 2, 3, 2, 1), (1, 32, 64, 2, 1, 2, 0),
+    (3, 64, 64, 1, 3, 1, 1), (1, 64, 64, 1, 3, 1, 1),
+    (2, 5, 6, 7, 3, 2, 1), (2, 8, 12, 8, 1, 1, 0),  # odd map, plain 1x1
+]
+
+
+def _close(got, ref, what):
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape, what
+    err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+    assert err <= RTOL, f"{what}: relative error {err:.2e}"
+
+
+def _run(path, x, full, o, k_s_p, dy):
+    """Output and gradients wrt x and the FULL parameter of a conv on a leading weight slice."""
+    k, s, p = k_s_p
+    weight = leading(full, (o, int(x.shape[1])))
+    if path == "stock":
+        y = F.conv2d(x, weight, stride=s, padding=p)
+    elif path == "dense":
+        y = conv._Dense.apply(x, weight, s, p)
+    elif path == "im2col":
+        y = conv._Im2col.apply(x, weight, s, p)
+    elif path == "one-thread stock":
+        y = conv._Stock.apply(x, weight, s, p)
+    else:
+        y = conv2d(x, weight, s, p, "fast")
+    dx, dfull = paddle.grad([y], [x, full], [dy])
+    return y.numpy(), dx.numpy(), dfull.numpy()
+
+
+@pytest.mark.parametrize("n,c,o,h,k,s,p", SHAPES)
+def test_paths_match_stock_conv2d(n, c, o, h, k, s, p):
+    rng = np.random.default_rng(h * 100 + c)
+    x = paddle.to_tensor(rng.standard_normal((n, c, h, h)).astype("float32"), stop_gradient=False)
+    # A larger parameter (sliced widths): gradients must land in its leading block only.
+    full = paddle.to_tensor(rng.standard_normal((o + 3, c + 2, k, k)).astype("float32"),
+                            stop_gradient=False)
+    ho = conv.out_size(h, k, s, p)
+    dy = paddle.to_tensor(rng.standard_normal((n, o, ho, ho)).astype("float32"))
+    ref = _run("stock", x, full, o, (k, s, p), dy)
+    assert np.abs(ref[2][o:]).max() == 0 and np.abs(ref[2][:, c:]).max() == 0
+    paths = ["fast", "im2col", "one-thread stock"] + (["dense"] if conv.dense_waste(h, h, k, s, p) <= 64 else [])
+    for path in paths:
+        got = _run(path, x, full, o, (k, s, p), dy)
+        for name, a, b in zip(("output", "input grad", "weight grad"), got, ref):
+            _close(a, b, f"{path} {name}")
+
+
+def test_fast_path_is_used_and_deterministic():
+    # 2x2 maps take the dense path; the same call twice gives bit-identical gradients.
+    assert conv.conv_kind(2, 2, 3, 1, 1) == "dense"
+    assert conv.conv_kind(8, 8, 1, 2, 0) == "im2col"
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal((4, 32, 2, 2)).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.standard_normal((32, 32, 3, 3)).astype("float32"), stop_gradient=False)
+    outs = []
+    for _ in range(2):
+        y = conv2d(x, w, 1, 1)
+        outs.append([t.numpy() for t in (y, *paddle.grad([(y * y).sum()], [x, w]))])
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_grad_and_bad_mode():
+    x, w = paddle.randn([2, 16, 4, 4]), paddle.randn([8, 16, 3, 3])
+    with paddle.no_grad():
+        y = conv2d(x, w, 1, 1)
+    assert y.stop_gradient
+    _close(y.numpy(), F.conv2d(x, w, padding=1).numpy(), "no_grad output")
+    # An input without gradient (as an image batch): the weight gradient alone, on both paths.
+    w.stop_gradient = False
+    for apply, (h, k, s, p) in ((conv._Dense.apply, (4, 3, 1, 1)), (conv._Im2col.apply, (4, 1, 2, 0)),
+                                (conv._Stock.apply, (8, 3, 1, 1))):
+        xi, wk = paddle.randn([2, 16, h, h]), w[:, :, :k, :k]
+        got = paddle.grad([apply(xi, wk, s, p).sum()], [w])[0]
+        ref = paddle.grad([F.conv2d(xi, wk, stride=s, padding=p).sum()], [w])[0]
+        _close(got.numpy(), ref.numpy(), f"weight grad, k={k}")
+    with pytest.raises(ValueError, match="unknown conv mode"):
+        conv2d(x, w, 1, 1, "fastest")
+    with pytest.raises(ValueError, match="unknown conv mode"):
+        DynamicConv2D(4, 4, 3, conv="fastest")
+    with pytest.raises(ConfigError, match="train.conv"):
+        conv_mode({"train": {"conv": "fastest"}})
+    assert conv_mode({"train": {"conv": "stock"}}) == "stock"
+
+
+def _net_grads(make, mode, dtype, seed):
+    """Loss gradients of every parameter of make(mode) (seeded), on a fixed batch, in dtype."""
+    rng = np.random.default_rng(1)
+    x = paddle.to_tensor(rng.standard_normal((4, 3, 32, 32)).astype(dtype))
+    y = paddle.to_tensor(rng.integers(0, 10, size=(4,)).astype("int64"))
+    paddle.seed(seed)
+    net = make(mode)
+    if dtype == "float64":
+        net.to(dtype="float64")
+    F.cross_entropy(net(x), y).backward()
+    return net, {n: p.grad.numpy().astype("float64") for n, p in net.named_parameters()
+                 if p.grad is not None}
+
+
+def _check_network(make, seed):
+    """Fast float32 gradients are as close to the float64 truth (stock conv in float64) as stock
+    float32 ones: through BN and 20-odd layers both drift ~1e-4 from it, not from each other's bugs."""
+    _, truth = _net_grads(make, "stock", "float64", seed)
+    _, stock = _net_grads(make, "stock", "float32", seed)
+    net, fast = _net_grads(make, "fast", "float32", seed)
+    assert truth.keys() == stock.keys() == fast.keys()
+    assert any("conv" in name for name in fast)
+
+    def err(grads, name):
+        return np.abs(grads[name] - truth[name]).max() / np.abs(truth[name]).max()
+    worst_stock = max(err(stock, name) for name in truth)
+    worst_fast = max(err(fast, name) for name in truth)
+    assert 0 < worst_stock < 1e-3
+    assert worst_fast <= 2 * worst_stock, (worst_fast, worst_stock)
+    return net
+
+
+def test_static_resnet_fast_equals_stock():
+    nets = {}
+    for mode in ("stock", "fast"):
+        paddle.seed(5)  # same initialisation: Conv2D is an nn.Conv2D whatever the mode
+        nets[mode] = ResNet(SPACE.widths(CODE), SPACE, conv=mode)
+    stock, fast = nets["stock"].state_dict(), nets["fast"].state_dict()
+    assert list(stock) == list(fast)
+    for name in stock:
+        np.testing.assert_array_equal(stock[name].numpy(), fast[name].numpy())
+    _check_network(lambda mode: ResNet(SPACE.widths(CODE), SPACE, conv=mode), 5)
+
+
+def test_supernet_fast_equals_stock_through_sliced_weights():
+    widths = SPACE.widths(CODE)  # narrower than the max widths: every conv weight is sliced
+
+    class Subnet(paddle.nn.Layer):
+        def __init__(self, mode):
+            super().__init__()
+            self.net = SuperNet(SPACE, conv=mode)
+
+        def forward(self, x):
+            return self.net(x, widths)
+    net = _check_network(Subnet, 6).net
+    assert net.stages[2][0].conv1.weight.grad is not None
+    # The exported static network keeps the conv mode.
+    assert net.export(widths).stem_conv.mode == "fast"
+
+
+@pytest.mark.parametrize("c,o,h,k,s,p", [
+    (8, 8, 8, 3, 1, 1), (8, 16, 8, 3, 2, 1), (8, 16, 8, 1, 2, 0), (16, 16, 4, 3, 1, 1),
+    (16, 32, 4, 3, 2, 1), (16, 32, 4, 1, 2, 0), (32, 32, 2, 3, 1, 1), (32, 64, 2, 3, 2, 1),
+    (32, 64, 2, 1, 2, 0), (64, 64, 1, 3, 1, 1), (3, 8, 32, 7, 2, 3), (8, 12, 8, 1, 1, 0)])
+def test_fast_conv_matches_conv2d(c, o, h, k, s, p):
+    paddle.seed(3)
+    layer = DynamicConv2D(c + 5, o + 3, k, s, p)  # leading slices of a larger weight
+    x = paddle.randn([6, c, h, h])
+    fast = FastConv()
+    with paddle.no_grad():
+        ref = layer(x, o)
+        got = fast(layer, x, o)
+        again = fast(layer, x, o)  # from the cache
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(again.numpy(), got.numpy())
+
+
+def test_two_threads_stock_path_matches(tmp_path):
+    # With 2 threads the stock path runs through _Stock (one thread per call); its own process, as
+    # OMP_NUM_THREADS is read when paddle is imported.
+    script = tmp_path / "two.py"
+    script.write_text(
+        "import numpy as np, paddle, paddle.nn.functional as F\n"
+        "from track1.conv import conv2d\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = paddle.to_tensor(rng.standard_normal((3, 8, 8, 8)).astype('float32'), stop_gradient=False)\n"
+        "w = paddle.to_tensor(rng.standard_normal((6, 8, 3, 3)).astype('float32'), stop_gradient=False)\n"
+        "y = conv2d(x, w, 1, 1)\n"
+        "assert y.grad_fn.name() == 'GradNodePyLayer__Stock', y.grad_fn.name()\n"
+        "got = [y.numpy(), *[g.numpy() for g in paddle.grad([(y * y).sum()], [x, w])]]\n"
+        "r = F.conv2d(x, w, padding=1)\n"
+        "ref = [r.numpy(), *[g.numpy() for g in paddle.grad([(r * r).sum()], [x, w])]]\n"
+        "print(max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(got, ref)))\n")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert float(out.strip().splitlines()[-1]) <= RTOL
