@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> overrides of the default config
 METHODS = {
     "default (sandwich, 1 random)": [],
+    "default, stock conv": ["train.conv=stock"],
     "sandwich, 2 random": ["train.num_random=2"],
     "spos": ["train.sampler=spos"],
     "rdnas partners (2 random + 2 partners)": ["train.num_random=2", "train.ranking.enabled=true"],
@@ -89,9 +90,16 @@ def worker(root: str, overrides: list[str]) -> None:
 
 
 def supports(root: Path, overrides: list[str]) -> bool:
-    """Whether a tree knows the ranking pair modes a method needs (older trees do not)."""
-    text = (root / "configs" / "default.yaml").read_text()
-    return not any("pair_mode" in o for o in overrides) or "pair_mode:" in text
+    """Whether a tree's default config has every key the method sets, and its ranking pair modes."""
+    import yaml
+    cfg = yaml.safe_load((root / "configs" / "default.yaml").read_text())
+    for override in overrides:
+        node = cfg
+        for key in override.split("=")[0].split("."):
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+    return not any("pair_mode" in o for o in overrides) or "pair_mode" in cfg["train"]["ranking"]
 
 
 def main() -> None:

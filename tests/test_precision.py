@@ -7,8 +7,8 @@ import pytest
 import track1.train as train_mod
 from track1.config import ConfigError
 from track1.precision import Precision, fp32
-from track1.sampling import MarginSampler, step_subnets
-from track1.train import Teacher, build_supernet, read_scalars, train_step
+from track1.sampling import MarginSampler
+from track1.train import Teacher, build_supernet, plan_step, read_scalars, train_step
 
 from conftest import tiny_config
 
@@ -39,9 +39,7 @@ def _step_inputs(tmp_path):
     space, model = build_supernet(cfg)
     x = paddle.randn([8, 3, 32, 32])
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
-    subnets = step_subnets(space, "sandwich", 2, seed=0, step=0)
-    firsts = [a for role, a in subnets if role == "random"]
-    pairs = [(a, b, d) for a, (b, d) in zip(firsts, MarginSampler(space, threshold=20).partners(firsts, 0, 0))]
+    subnets, pairs = plan_step(space, cfg, MarginSampler(space, threshold=20), 0)
     return cfg, space, model, x, y, subnets, pairs, Teacher(cfg, space)
 
 
