@@ -11,7 +11,7 @@ with `space.sample` from `proxies.reference_seed` (the official list's distribut
     deterministic: the teacher's order of two networks never depends on which others it has seen;
   * a z-score, not the rank within the reference, is strictly increasing in every member, so two
     different networks do not tie just because they fall between the same reference codes (a
-    rank in a sample of 50 is a step function, flattest at the extremes, where the sandwich's
+    rank in a small sample is a step function, flattest at the extremes, where the sandwich's
     largest and smallest subnets sit);
   * the log puts flops, params, synflow, snip, grad_norm and fisher (positive, spanning orders of
     magnitude, so their raw std is set by a few large networks) on the same footing as the
