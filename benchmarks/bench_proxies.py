@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--arch-list", default=str(ROOT.parent / "shared/data/CVPR_2022_NAS_Track1_test.json"))
 parser.add_argument("--codes", type=int, default=300, help="size of the seeded subset of official codes")
-parser.add_argument("--per-proxy", default="synflow=60,zen=20,naswot=20,snip=12,grad_norm=12,fisher=12,"
-                                           "jacob_cov=12,grasp=5",
+parser.add_argument("--per-proxy", default="synflow=60,zen=20,naswot=20,snip=10,grad_norm=8,fisher=6,"
+                                           "jacob_cov=6,grasp=4",
                     help="NAME=N: measure this proxy on the first N codes of the subset only (cost)")
 parser.add_argument("--cheap", type=int, default=64, help="the cheaper proxies.resolution")
 parser.add_argument("--batch", type=int, default=16, help="batch of the ranking measurement")
@@ -86,9 +86,8 @@ if not args.report_only:
         widths = space.widths(code)
         space.flops(widths), space.params(widths)
     print(f"flops+params for all {len(official)} codes (parsing included): {time.perf_counter() - start:.2f} s")
-    for name in proxies.PROXIES:  # one untimed warm-up per proxy and resolution
-        for res in resolutions:
-            proxies.compute(name, subset[0], space, gaussian_batch(2, res, space.num_classes, 0))
+    for name in proxies.PROXIES:  # one untimed warm-up per proxy (first-call set-up costs)
+        proxies.compute(name, subset[0], space, gaussian_batch(2, args.cheap, space.num_classes, 0))
     # Code by code, so that a stopped run has every proxy; the larger batch after the first few.
     for i, code in enumerate(subset):
         for name in proxies.PROXIES:

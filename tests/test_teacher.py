@@ -25,6 +25,11 @@ def test_parse_teacher():
     assert parse_teacher("snip, synflow") == parse_teacher(["snip", "synflow"]) == {"snip": 1.0, "synflow": 1.0}
     assert parse_teacher({"snip": 2, "zen": 0.5}) == {"snip": 2.0, "zen": 0.5}
     assert teacher_label(parse_teacher("snip,synflow")) == "snip+synflow"
+    # The config's -o overrides reach it as YAML: a mapping, a list or a string.
+    from track1.config import load_config
+    for override, expected in [("{snip: 2, zen: 1}", {"snip": 2.0, "zen": 1.0}), ("[snip, zen]", {"snip": 1.0, "zen": 1.0})]:
+        cfg = load_config(None, [f"train.ranking.teacher={override}"])
+        assert parse_teacher(cfg["train"]["ranking"]["teacher"]) == expected
     assert teacher_label({"snip": 2.0, "zen": 0.5}) == "snip2+zen0.5"
     for bad, match in [("snip,nope", "unknown proxy 'nope'"), ("snip,snip", "named twice"),
                        ({"snip": 0}, "positive"), ({"snip": True}, "positive"), ([], "no proxy"),
