@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--arch-list", default=str(ROOT.parent / "shared/data/CVPR_2022_NAS_Track1_test.json"))
 parser.add_argument("--codes", type=int, default=300, help="size of the seeded subset of official codes")
-parser.add_argument("--per-proxy", default="synflow=60,zen=20,naswot=20,snip=10,grad_norm=8,fisher=6,"
-                                           "jacob_cov=6,grasp=4",
+parser.add_argument("--per-proxy", default="synflow=300,zen=40,naswot=40,snip=30,grad_norm=20,fisher=12,"
+                                           "jacob_cov=12,grasp=4",
                     help="NAME=N: measure this proxy on the first N codes of the subset only (cost)")
 parser.add_argument("--cheap", type=int, default=64, help="the cheaper proxies.resolution")
 parser.add_argument("--batch", type=int, default=16, help="batch of the ranking measurement")
