@@ -1,58 +1,161 @@
-"""Cost of each zero-cost proxy per code, and of flops+params over a whole architecture list.
+"""Cost and agreement of every zero-cost proxy at the competition's scale: 224 px, width 1.0, 1000 classes.
 
-    .venv/bin/python benchmarks/bench_proxies.py --arch-list ../shared/data/CVPR_2022_NAS_Track1_test.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_proxies.py
 
-Prints the median wall time per code of every proxy on N codes sampled from the list, at the
-embedded default (width 0.25, 32 px, batch 64 of Fashion-MNIST), and the total time of flops and
-params for every code of the list (parsing included).
+On a seeded subset of official codes (read from the official list, not sampled) and a seeded
+Gaussian batch (proxies.input: gaussian), each proxy scores its first N codes of the subset at 224 px
+and at a cheaper resolution (--cheap), batch 16; the first --timing-codes codes are also timed at
+batch 64. Measurements go to a resumable JSONL log (--out); the report prints, per proxy: seconds
+per code, what that makes over the distinct networks of the 45k list and per RD-NAS pair member (one
+new network each), Kendall tau between the 224 px and the cheap ranking, and Kendall tau with FLOPs;
+the same for the ensembles (--ensemble), z-scored over the measured codes (track1/teacher.py).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--arch-list", default=str(Path(__file__).resolve().parents[2] / "shared/data/CVPR_2022_NAS_Track1_test.json"))
-parser.add_argument("--codes", type=int, default=10, help="codes timed per proxy")
-parser.add_argument("--threads", type=int, default=os.cpu_count())
-parser.add_argument("-o", "--override", action="append", default=[], help="config override")
+parser.add_argument("--arch-list", default=str(ROOT.parent / "shared/data/CVPR_2022_NAS_Track1_test.json"))
+parser.add_argument("--codes", type=int, default=300, help="size of the seeded subset of official codes")
+parser.add_argument("--per-proxy", default="synflow=300,zen=40,naswot=40,snip=30,grad_norm=20,fisher=12,"
+                                           "jacob_cov=12,grasp=4",
+                    help="NAME=N: measure this proxy on the first N codes of the subset only (cost)")
+parser.add_argument("--cheap", type=int, default=64, help="the cheaper proxies.resolution")
+parser.add_argument("--batch", type=int, default=16, help="batch of the ranking measurement")
+parser.add_argument("--timing-batch", type=int, default=64)
+parser.add_argument("--timing-codes", type=int, default=1, help="codes timed at --timing-batch")
+parser.add_argument("--ensemble", action="append", default=None,
+                    help="teacher spec (comma-separated names); default snip,synflow and "
+                         "snip,grad_norm,synflow,zen")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--out", default=str(ROOT / "output/bench_proxies/measurements.jsonl"))
+parser.add_argument("--report-only", action="store_true", help="print the report of what is measured")
 args = parser.parse_args()
-os.environ["OMP_NUM_THREADS"] = str(args.threads)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from track1 import proxies  # noqa: E402
-from track1.config import load_config  # noqa: E402
+from track1.files import append_jsonl, read_jsonl, repair_jsonl  # noqa: E402
+from track1.proxy_runs import gaussian_batch  # noqa: E402
+from track1.space import SearchSpace, unique_widths  # noqa: E402
 from track1.submission import load_arch_list  # noqa: E402
-from track1.train import build_space  # noqa: E402
 
-cfg = load_config(None, args.override)
-space = build_space(cfg)
-codes = list(load_arch_list(args.arch_list).values())
+space = SearchSpace(width_mult=1.0, resolution=224, num_classes=1000)
+official = list(load_arch_list(args.arch_list).values())
+subset = [official[i] for i in np.random.default_rng(args.seed).choice(len(official), args.codes, replace=False)]
+counts = {name: args.codes for name in proxies.PROXIES}
+for item in filter(None, args.per_proxy.split(",")):
+    name, n = item.split("=")
+    counts[name] = min(int(n), args.codes)
+resolutions = (space.resolution, args.cheap)
+out = Path(args.out)
+repair_jsonl(out)
+done = {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(out)}
+batches: dict = {}
 
-start = time.perf_counter()
-for code in codes:
-    widths = space.widths(code)
-    space.flops(widths), space.params(widths)
-total = time.perf_counter() - start
-print(f"flops+params for all {len(codes)} codes of {Path(args.arch_list).name}: {total:.2f} s")
 
-batch = proxies.proxy_batch(cfg)
-sample = [codes[i] for i in np.random.default_rng(0).choice(len(codes), args.codes, replace=False)]
-print(f"\nper-code cost on {args.codes} codes, width {space.width_mult}, {space.resolution} px, "
-      f"batch {batch[0].shape[0]}, {args.threads} threads")
-print(f"| proxy | median ms/code | min | max | 45k codes (h) |\n|---|---|---|---|---|")
+def measure(name: str, code: str, res: int, batch: int) -> None:
+    key = (name, res, batch, code)
+    if key in done:
+        return
+    if (res, batch) not in batches:
+        batches[res, batch] = gaussian_batch(batch, res, space.num_classes, args.seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    score = proxies.compute(name, code, space, batches[res, batch], seed=args.seed)
+    # CPU time as well as wall time: on a shared machine the wall time also counts waiting.
+    rec = {"proxy": name, "resolution": res, "batch": batch, "code": code, "score": score,
+           "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+           "threads": os.environ["OMP_NUM_THREADS"]}
+    append_jsonl(out, [rec])
+    done[key] = rec
+    print(json.dumps(rec), flush=True)
+
+
+if not args.report_only:
+    start = time.perf_counter()
+    for code in official:
+        widths = space.widths(code)
+        space.flops(widths), space.params(widths)
+    print(f"flops+params for all {len(official)} codes (parsing included): {time.perf_counter() - start:.2f} s")
+    for name in proxies.PROXIES:  # one untimed warm-up per proxy (first-call set-up costs)
+        proxies.compute(name, subset[0], space, gaussian_batch(2, args.cheap, space.num_classes, 0))
+    # Code by code, so that a stopped run has every proxy; the larger batch after the first few.
+    for i, code in enumerate(subset):
+        for name in proxies.PROXIES:
+            if i < counts[name]:
+                for res in resolutions:
+                    measure(name, code, res, args.batch)
+        if i == 3 or i == len(subset) - 1:
+            for timed in subset[:args.timing_codes]:
+                for name in proxies.PROXIES:
+                    for res in resolutions:
+                        measure(name, timed, res, args.timing_batch)
+
+
+# -- report ----------------------------------------------------------------------------------------
+from track1.teacher import parse_teacher, zscore_ensemble  # noqa: E402
+
+
+def scores(name: str, res: int) -> dict[str, float]:
+    if name in proxies.SEED_FREE:  # flops and params do not read the batch: one ranking
+        res = space.resolution
+    return {c: r["score"] for (p, rs, b, c), r in done.items() if p == name and rs == res and b == args.batch}
+
+
+def seconds(name: str, res: int, batch: int, field: str = "cpu_seconds") -> float:
+    """Median over the measured codes; CPU time by default (the machine may be shared)."""
+    t = [r.get(field, float("nan")) for (p, rs, b, _), r in done.items() if p == name and rs == res and b == batch]
+    return float(np.median(t)) if t else float("nan")
+
+
+def kendall(a: dict, b: dict) -> tuple[float, int]:
+    common = [c for c in a if c in b and np.isfinite(a[c]) and np.isfinite(b[c])]
+    if len(common) < 3:
+        return float("nan"), len(common)
+    return float(stats.kendalltau([a[c] for c in common], [b[c] for c in common])[0]), len(common)
+
+
+networks = len(unique_widths(space, official))
+flops = {c: float(space.flops(c)) for c in subset}
+cheap, B, TB = args.cheap, args.batch, args.timing_batch
+print(f"\n{len(official)} official codes = {networks} distinct networks at width 1.0; subset of {args.codes} "
+      f"(seed {args.seed}); Gaussian batch; {os.environ['OMP_NUM_THREADS']} thread(s). Seconds: median CPU "
+      f"time per code (wall time in brackets); 45k list = distinct networks x CPU s at batch {B}; an RD-NAS "
+      f"pair member is one new network (the s/code), a sandwich step with 2 pairs has up to 4.")
+print(f"| proxy | codes | s/code 224 b{B} | 224 b{TB} | {cheap} b{B} | {cheap} b{TB} | 45k list CPU-h 224 / {cheap} "
+      f"| Kendall 224 vs {cheap} | Kendall with FLOPs 224 / {cheap} |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name in proxies.PROXIES:
-    proxies.compute(name, sample[0], space, batch)  # warm-up
-    times = []
-    for code in sample:
-        t = time.perf_counter()
-        proxies.compute(name, code, space, batch)
-        times.append(time.perf_counter() - t)
-    med = float(np.median(times))
-    print(f"| {name} | {med * 1e3:.1f} | {min(times) * 1e3:.1f} | {max(times) * 1e3:.1f} | {med * 45000 / 3600:.2f} |")
-print(f"\ncommand: {' '.join(sys.argv)}")
+    full, low = scores(name, space.resolution), scores(name, cheap)
+    k_res, n_res = kendall(full, low)
+    k_f, n_f = kendall(full, flops)
+    k_fc, _ = kendall(low, flops)
+    t = {(res, b): seconds(name, res, b) for res in resolutions for b in (B, TB)}
+    hours = [t[res, B] * networks / 3600 for res in resolutions]
+    print(f"| {name} | {len(full)} | {t[224, B]:.2f} ({seconds(name, 224, B, 'seconds'):.2f}) | {t[224, TB]:.2f} "
+          f"| {t[cheap, B]:.2f} | {t[cheap, TB]:.2f} | {hours[0]:.1f} / {hours[1]:.1f} "
+          f"| {k_res:.3f} (n={n_res}) | {k_f:.3f} / {k_fc:.3f} (n={n_f}) |")
+
+for spec in args.ensemble or ["snip,synflow", "snip,grad_norm,synflow,zen"]:
+    weights = parse_teacher(spec)
+    member = {(n, res): scores(n, res) for n in weights for res in resolutions}
+    common = [c for c in subset if all(c in m for m in member.values())]
+    if len(common) < 3:
+        print(f"ensemble {spec}: fewer than 3 codes with every member at both resolutions")
+        continue
+    ens = {res: dict(zip(common, zscore_ensemble(weights, {n: [member[n, res][c] for c in common] for n in weights})))
+           for res in resolutions}
+    k_res, n = kendall(ens[224], ens[cheap])
+    print(f"ensemble {spec} (z-scored over these {n} codes): Kendall with FLOPs {kendall(ens[224], flops)[0]:.3f} "
+          f"/ {kendall(ens[cheap], flops)[0]:.3f} (224 / {cheap} px), 224 vs {cheap} {k_res:.3f}, "
+          f"with snip at 224 {kendall(ens[224], scores('snip', 224))[0]:.3f}")
+print(f"\ncommand: {' '.join(sys.argv)}  (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})")

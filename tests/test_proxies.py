@@ -10,7 +10,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from track1 import proxies
+from track1 import double_backward, proxies, proxy_runs
+from track1.config import ConfigError, load_config
 from track1.space import SearchSpace
 from track1.supernet import ResNet
 
@@ -148,9 +149,9 @@ def test_grasp_forward_is_the_resnet_forward(act):
         net.train()
         x, y = _batch(dtype="float64")
         expected = net(x).numpy()
-        logits = proxies._grasp_logits(net, x)
+        logits = double_backward.grasp_logits(net, x)
         np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-9, atol=1e-12)
-        assert proxies._ce_double_backward(logits, y).item() == pytest.approx(
+        assert double_backward.ce_double_backward(logits, y).item() == pytest.approx(
             F.cross_entropy(logits, y).item(), rel=1e-12)
     finally:
         paddle.set_default_dtype("float32")
@@ -242,7 +243,7 @@ def test_runner_computes_each_distinct_network_once(tmp_path, monkeypatch):
     calls = _counting(monkeypatch)
     codes = _codes(4)                                   # 8 keys, 4 networks
     out = tmp_path / "flops.jsonl"
-    records = proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+    records = proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     assert len(calls) == 4 and len(set(calls)) == 4
     assert list(records) == list(codes)
     for key, code in codes.items():
@@ -251,9 +252,9 @@ def test_runner_computes_each_distinct_network_once(tmp_path, monkeypatch):
     # Only the key that paid for a computation carries its time.
     assert sum(r["seconds"] > 0 for r in records.values()) == 4
     # A second run reads everything back and computes nothing.
-    again = proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+    again = proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     assert len(calls) == 4 and again == records
-    official = proxies.to_official_json(records, codes)
+    official = proxy_runs.to_official_json(records, codes)
     assert list(official) == list(codes)
     assert official["arch1"] == {"acc": records["arch1"]["score"], "arch": codes["arch1"],
                                  "seconds": records["arch1"]["seconds"]}
@@ -264,10 +265,10 @@ def test_runner_resumes_after_a_kill(tmp_path, monkeypatch):
     out = tmp_path / "flops.jsonl"
     _counting(monkeypatch, fail_after=3)
     with pytest.raises(KeyboardInterrupt):
-        proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+        proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     assert len(_lines(out)) == 6                        # 3 networks x 2 twins, all written
     calls = _counting(monkeypatch)
-    records = proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+    records = proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     assert len(calls) == 2                              # only the 2 networks not done
     keys = [r["key"] for r in _lines(out)]
     assert sorted(keys) == sorted(codes) and len(keys) == len(set(keys))
@@ -279,11 +280,11 @@ def test_runner_repairs_a_torn_last_line(tmp_path, monkeypatch):
     out = tmp_path / "flops.jsonl"
     first = dict(list(codes.items())[:3])               # arch1, arch2 (twins) and arch3
     calls = _counting(monkeypatch)
-    proxies.score_list("flops", first, SPACE, None, out, progress=False)
+    proxy_runs.score_list("flops", first, SPACE, None, out, progress=False)
     assert len(calls) == 2
     text = out.read_text()
     out.write_text(text[: text.rfind("\n", 0, len(text) - 1) + 1] + text.splitlines()[-1][:20])
-    records = proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+    records = proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     # arch3 was torn off and is scored again; arch4 reuses arch3's network without computing.
     assert len(calls) == 4
     keys = [r["key"] for r in _lines(out)]
@@ -295,20 +296,93 @@ def test_runner_refuses_a_log_of_other_settings(tmp_path, monkeypatch):
     _counting(monkeypatch)
     codes = _codes(1)
     out = tmp_path / "flops.jsonl"
-    proxies.score_list("flops", codes, SPACE, None, out, progress=False)
+    proxy_runs.score_list("flops", codes, SPACE, None, out, progress=False)
     with pytest.raises(ValueError, match="holds scores"):
-        proxies.score_list("flops", codes, SPACE, None, out, seed=1, progress=False)
+        proxy_runs.score_list("flops", codes, SPACE, None, out, seed=1, progress=False)
     other = {k: SMALL for k in codes}
     with pytest.raises(ValueError, match="was scored for code"):
-        proxies.score_list("flops", other, SPACE, None, out, progress=False)
+        proxy_runs.score_list("flops", other, SPACE, None, out, progress=False)
 
 
 def test_proxy_settings():
     cfg = {"space": {"resolution": 32}, "proxies": {"batch_size": 64, "resolution": 0, "seed": 0,
-                                                    "repeats": 1}}
-    assert proxies.proxy_settings(cfg) == {"batch_size": 64, "resolution": 32, "seed": 0, "repeats": 1}
+                                                    "repeats": 1, "input": "data"}}
+    assert proxy_runs.proxy_settings(cfg) == {"batch_size": 64, "resolution": 32, "seed": 0, "repeats": 1,
+                                              "input": "data"}
     cfg["proxies"]["resolution"] = 64
-    assert proxies.proxy_settings(cfg)["resolution"] == 64
-    cfg["proxies"]["repeats"] = 0
-    with pytest.raises(ValueError):
-        proxies.proxy_settings(cfg)
+    assert proxy_runs.proxy_settings(cfg)["resolution"] == 64
+    cfg["proxies"]["input"] = "noise"
+    with pytest.raises(ConfigError, match="proxies.input"):
+        proxy_runs.proxy_settings(cfg)
+    cfg["proxies"]["input"], cfg["proxies"]["repeats"] = "gaussian", 0
+    with pytest.raises(ConfigError, match="repeats"):
+        proxy_runs.proxy_settings(cfg)
+
+
+# -- input without a dataset ---------------------------------------------------------------------
+def test_gaussian_batch_is_seeded_standard_normal_with_uniform_labels():
+    x, y = proxy_runs.gaussian_batch(64, 16, 1000, seed=3)
+    assert x.shape == [64, 3, 16, 16] and x.dtype == paddle.float32 and y.dtype == paddle.int64
+    v = x.numpy()
+    assert abs(v.mean()) < 0.02 and abs(v.std() - 1) < 0.02          # 49k draws: 5 sigma bounds
+    labels = y.numpy()
+    assert labels.min() >= 0 and labels.max() < 1000 and len(set(labels)) > 50
+    x2, y2 = proxy_runs.gaussian_batch(64, 16, 1000, seed=3)
+    np.testing.assert_array_equal(x2.numpy(), v)
+    np.testing.assert_array_equal(y2.numpy(), labels)
+    assert not np.array_equal(proxy_runs.gaussian_batch(64, 16, 1000, seed=4)[0].numpy(), v)
+
+
+def _imagenet(tmp_path, *overrides):
+    """configs/imagenet.yaml with an ImageNet folder that does not exist."""
+    return load_config("configs/imagenet.yaml", [f"data.root={tmp_path / 'no_imagenet'}",
+                                                 f"run.output_dir={tmp_path}", *overrides])
+
+
+def test_input_batch_opens_the_dataset_only_for_data_proxies_with_input_data(tmp_path):
+    from track1.data import DataError
+    cfg = _imagenet(tmp_path, "proxies.batch_size=4", "proxies.resolution=24")
+    assert proxy_runs.input_batch(cfg, ["flops", "params"]) is None
+    x, y = proxy_runs.input_batch(cfg, ["synflow", "zen"])       # the shape, from no dataset
+    assert x.shape == [4, 3, 24, 24]
+    np.testing.assert_array_equal(x.numpy(), proxy_runs.gaussian_batch(4, 24, 1000, 0)[0].numpy())
+    with pytest.raises(DataError, match="no_imagenet"):
+        proxy_runs.input_batch(cfg, ["flops", "snip"])
+    cfg = _imagenet(tmp_path, "proxies.batch_size=4", "proxies.resolution=24", "proxies.input=gaussian")
+    x, y = proxy_runs.input_batch(cfg, ["snip"])
+    assert x.shape == [4, 3, 24, 24] and int(y.numpy().max()) < 1000
+    assert proxy_runs.input_kind(cfg, "snip") == "gaussian" and proxy_runs.input_kind(cfg, "zen") == "none"
+
+
+def test_proxies_command_at_imagenet_scale_without_imagenet(tmp_path, capsys, official_codes):
+    from track1.cli import main
+    from track1.space import SearchSpace
+    from track1.submission import write_arch_list
+    listed = tmp_path / "official3.json"
+    picked = {f"arch{i + 1}": official_codes[i * 15000] for i in range(3)}
+    write_arch_list(listed, picked)
+    common = ["-c", "configs/imagenet.yaml", "--arch-list", str(listed), "-o", f"run.output_dir={tmp_path}",
+              "-o", f"data.root={tmp_path / 'no_imagenet'}"]
+    # Data-free: full width, 224 px, 1000 classes, no dataset.
+    assert main(["proxies", "--proxy", "flops", *common]) == 0
+    folder = tmp_path / "imagenet_sandwich" / "proxies"
+    full = SearchSpace(1.0, 224, 1000)
+    out = json.loads((folder / "official3@flops.json").read_text())
+    assert {k: v["acc"] for k, v in out.items()} == {k: full.flops(c) for k, c in picked.items()}
+    assert json.loads((folder / "official3@flops.meta.json").read_text())["input"] == {"flops": "none"}
+    # A data proxy with proxies.input=data needs the folder: a one-line error, nothing written.
+    cheap = ["-o", "space.width_mult=0.125", "-o", "proxies.batch_size=4", "-o", "proxies.resolution=32"]
+    capsys.readouterr()
+    assert main(["proxies", "--proxy", "snip", *common, *cheap]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no_imagenet" in err and err.count("\n") == 1
+    assert not list(folder.glob("*snip*"))
+    # ... and with proxies.input=gaussian it does not; the cheaper resolution names its own files.
+    assert main(["proxies", "--proxy", "snip", *common, *cheap, "-o", "proxies.input=gaussian"]) == 0
+    out = json.loads((folder / "official3@snip@32px.json").read_text())
+    meta = json.loads((folder / "official3@snip@32px.meta.json").read_text())
+    assert meta["input"] == {"snip": "gaussian"} and meta["proxies"]["resolution"] == 32
+    space = SearchSpace(0.125, 224, 1000)
+    batch = proxy_runs.gaussian_batch(4, 32, 1000, 0)
+    for key, code in picked.items():
+        assert out[key]["acc"] == proxies.compute("snip", code, space, batch, seed=0)

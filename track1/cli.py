@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("submission")
     c.add_argument("--arch-list", default=None)
     c = command("proxies", "zero-cost proxy scores of every code of a list")
-    c.add_argument("--proxy", required=True, help="proxy name (flops, params, snip, synflow, zen, ...)")
+    c.add_argument("--proxy", required=True,
+                   help="proxy name (flops, params, snip, synflow, zen, ...) or an ensemble, e.g. snip,synflow "
+                        "(mean of z-scores over proxies.reference_size codes, as train.ranking.teacher)")
     c.add_argument("--arch-list", default=None)
     c = command("standalone", "ground truth: train codes of a list from scratch as plain networks "
                               "(its results never reach `train`)")
@@ -194,19 +196,45 @@ def cmd_validate(cfg: dict, args) -> None:
 
 
 def cmd_proxies(cfg: dict, args) -> None:
-    from . import proxies
     from .files import write_json
+    from .proxy_runs import input_batch, input_kind, proxy_settings, run_setting, score_list, to_official_json
+    from .teacher import parse_teacher, reference_codes, reference_stats, combine, teacher_label
     from .train import build_space
     codes, name = arch_list(cfg, args.arch_list)
     space = build_space(cfg)
-    p = cfg["proxies"]
-    out = run_dir(cfg) / "proxies" / f"{name}@{args.proxy}.jsonl"
-    records = proxies.score_list(args.proxy, codes, space, proxies.proxy_batch(cfg), out,
-                                 seed=int(p["seed"]), repeats=int(p["repeats"]),
-                                 act=cfg["space"]["act"])
-    final = out.with_suffix(".json")
-    write_json(final, proxies.to_official_json(records, codes))
-    print(f"{args.proxy} scores of {len(records)} codes -> {final}")
+    weights = parse_teacher(args.proxy)
+    s = proxy_settings(cfg)
+    # A cheaper proxy resolution gets files of its own, so both can be kept and compared.
+    tag = "" if s["resolution"] == space.resolution else f"@{s['resolution']}px"
+    folder = run_dir(cfg) / "proxies"
+    batch = input_batch(cfg, weights)
+
+    def run(member: str, keyed: dict[str, str], list_name: str) -> dict[str, dict]:
+        return score_list(member, keyed, space, batch, folder / f"{list_name}@{member}{tag}.jsonl",
+                          seed=s["seed"], repeats=s["repeats"], act=cfg["space"]["act"],
+                          setting=run_setting(cfg, member))
+
+    members = {m: run(m, codes, name) for m in weights}
+    label = teacher_label(weights)
+    meta = {"list": name, "codes": len(codes), "teacher": weights, "proxies": s,
+            "input": {m: input_kind(cfg, m) for m in weights}, "act": cfg["space"]["act"],
+            "space": {k: cfg["space"][k] for k in ("width_mult", "resolution", "num_classes")}}
+    if len(weights) == 1:
+        records = members[label]
+    else:  # the teacher's ensemble: members z-scored over the fixed reference sample
+        ref = reference_codes(cfg, space)
+        ref_name = f"reference{len(ref)}s{cfg['proxies']['reference_seed']}"
+        stats = reference_stats(weights, {m: [r["score"] for r in run(m, ref, ref_name).values()]
+                                          for m in weights})
+        records = {k: {"code": c, "score": combine(weights, stats, {m: members[m][k]["score"] for m in weights}),
+                       "seconds": sum(members[m][k]["seconds"] for m in weights)} for k, c in codes.items()}
+        meta["reference"] = {"size": len(ref), "seed": int(cfg["proxies"]["reference_seed"]),
+                             "mean_std": {m: list(v) for m, v in stats.items()}}
+    final = folder / f"{name}@{label}{tag}.json"
+    write_json(final, to_official_json(records, codes))
+    write_json(final.with_name(final.stem + ".meta.json"), meta, indent=1)
+    print(f"{label} scores of {len(records)} codes ({', '.join(f'{m}: {i}' for m, i in meta['input'].items())} "
+          f"input, {s['resolution']} px) -> {final}")
 
 
 def cmd_standalone(cfg: dict, args) -> None:

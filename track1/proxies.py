@@ -1,38 +1,20 @@
-"""Zero-cost proxies: scores of an untrained network that predict its trained accuracy.
+"""Zero-cost proxies: scores of an untrained network that predict its trained accuracy (higher = better).
 
-Every proxy scores the plain static network `ResNet(widths, space, act)` right after a fresh
-initialisation made with `paddle.seed(seed)`, on one batch `(x, y)` supplied by the caller (float32
-NCHW images, int64 labels) where it needs data. Higher = predicted better for every proxy; none
-needs negating beyond its published definition (jacob_cov's and grasp's already carry a minus).
-
-    compute(name, widths, space, batch, seed)     one score (averaged over `repeats` seeds)
-    score_list(name, codes, space, batch, path)   every code of a list, cached and resumable (JSONL)
-    to_official_json(records, codes)              the submission shape, in list order
-    proxy_settings(cfg)                           the `proxies:` config section, resolved
-
-Paddle 3.3.1 (CPU) limits on double backward that `grasp` works around, each checked against
-finite differences in float64 (see tests/test_proxies.py):
-  * no second-order kernel for mean_all (F.cross_entropy's mean), log_softmax, flatten, max pool
-    (pool2d and max_pool2d_with_index), strided slices, max-reduction, PReLU or Mish, and one for
-    batch_norm that is ~200x slower than the same maths from elementwise ops: grasp uses an
-    equivalent forward built from fast, twice-differentiable ops (see `_grasp_logits`);
-  * conv2d's double grad silently drops the path through its output gradient when the conv's
-    *input* gradient is not requested in the first backward (the stem conv on image data): the
-    Hessian-vector product is then wrong by ~50% with no error. Asking for d loss / d x too fixes it.
+Each scores the plain network `ResNet(widths, space, act)` right after `paddle.seed(seed)`, on one
+caller-supplied batch (x, y) where it needs data; `compute` is the entry point. Lists, settings and
+input batches: track1/proxy_runs.py; ensembles and the RD-NAS teacher: track1/teacher.py.
 """
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from tqdm import tqdm
 
-from .files import append_jsonl, resume_log
+from .double_backward import ce_double_backward, grasp_logits, remove_batchnorm
 from .space import SearchSpace, Widths
 from .supernet import ResNet
 
@@ -121,12 +103,13 @@ def grasp(widths, space, batch, seed=0, act="relu") -> float:
     x, y = _need(batch, "grasp")
     net = _fresh(widths, space, act, seed)
     net.train()
-    # The input must take part in the first backward, else conv2d's double grad loses a term
-    # (see the module docstring).
+    # The input must take part in the first backward: Paddle's conv2d double grad silently drops the
+    # path through its output gradient when the conv's input gradient is not requested (the stem
+    # conv on image data), and the Hessian-vector product is then wrong with no error.
     x = x.detach().clone()
     x.stop_gradient = False
     ws = _weights(net)
-    loss = _ce_double_backward(_grasp_logits(net, x), y)
+    loss = ce_double_backward(grasp_logits(net, x), y)
     grads = paddle.grad(loss, [x] + ws, create_graph=True)[1:]
     z = paddle.add_n([(g * g.detach()).sum() for g in grads])
     hg = paddle.grad(z, ws)
@@ -165,7 +148,7 @@ def synflow(widths, space, batch=None, seed=0, act="relu") -> float:
     because the product of many |w| over- or underflows float32 in deep networks.
     """
     net = _fresh(widths, space, act, seed)
-    _remove_batchnorm(net)
+    remove_batchnorm(net)
     net.to(dtype="float64")
     net.eval()
     with paddle.no_grad():
@@ -289,84 +272,6 @@ def jacob_cov_score(jac: np.ndarray, k: float = JACOB_K) -> float:
     return float(-np.sum(np.log(v + k) + 1.0 / (v + k)))
 
 
-def _replace_layers(net: nn.Layer, kind: type, make: Callable[[nn.Layer], nn.Layer]) -> None:
-    """Swap every sublayer of type kind for make(it) (the networks scored here are private copies)."""
-    for layer in net.sublayers(include_self=True):
-        for name, child in list(layer.named_children()):
-            if isinstance(child, kind):
-                setattr(layer, name, make(child))
-
-
-def _remove_batchnorm(net: nn.Layer) -> None:
-    _replace_layers(net, nn.BatchNorm2D, lambda bn: nn.Identity())
-
-
-def _ce_double_backward(logits: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
-    """F.cross_entropy (mean) from ops with second derivatives (log_softmax and mean_all have none)."""
-    z = logits - logits.max(axis=1, keepdim=True).detach()  # a constant shift: value and derivatives unchanged
-    log_p = z - paddle.log(paddle.exp(z).sum(axis=1, keepdim=True))
-    onehot = F.one_hot(y.reshape([-1]), logits.shape[1]).astype(logits.dtype)
-    return -(log_p * onehot).sum() / logits.shape[0]
-
-
-def _max_pool_double_backward(x: paddle.Tensor, pool: nn.MaxPool2D) -> paddle.Tensor:
-    """F.max_pool2d as a gather at the argmax, which take_along_axis can differentiate twice."""
-    _, idx = F.max_pool2d(x, pool.ksize, pool.stride, pool.padding, return_mask=True)
-    n, c, h, w = x.shape
-    flat = x.reshape([n, c, h * w])
-    out = paddle.take_along_axis(flat, idx.reshape([n, c, -1]).astype("int64"), axis=2)
-    return out.reshape(idx.shape)
-
-
-class _BatchNormDoubleBackward(nn.Layer):
-    """Train-mode BN from elementwise ops and means, sharing the original scale and shift.
-
-    Paddle's batch_norm double-grad kernel is correct but about 200x slower on CPU than this
-    (99 s for one 64x16x32x32 activation); running statistics are not needed by grasp.
-    """
-
-    def __init__(self, bn: nn.BatchNorm2D):
-        super().__init__()
-        self.weight, self.bias, self.epsilon = bn.weight, bn.bias, bn._epsilon
-
-    def forward(self, x):
-        d = x - x.mean(axis=[0, 2, 3], keepdim=True)
-        var = (d * d).mean(axis=[0, 2, 3], keepdim=True)  # biased: what BN normalises by
-        scale = self.weight.reshape([1, -1, 1, 1]) * paddle.rsqrt(var + self.epsilon)
-        return d * scale + self.bias.reshape([1, -1, 1, 1])
-
-
-class _PReLUDoubleBackward(nn.Layer):
-    """PReLU as relu(x) - a * relu(-x), sharing the original slope parameter."""
-
-    def __init__(self, prelu: nn.PReLU):
-        super().__init__()
-        self.weight = prelu._weight  # nn.PReLU keeps its slope in _weight
-
-    def forward(self, x):
-        return F.relu(x) - self.weight * F.relu(-x)
-
-
-class _MishDoubleBackward(nn.Layer):
-    def forward(self, x):
-        return x * paddle.tanh(F.softplus(x))
-
-
-def _grasp_logits(net: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
-    """ResNet.forward with every op replaced by one that Paddle can differentiate twice."""
-    if not isinstance(net, ResNet):
-        return net(x)  # a hand-made test network: let Paddle report any op it cannot handle
-    _replace_layers(net, nn.BatchNorm2D, _BatchNormDoubleBackward)
-    _replace_layers(net, nn.PReLU, _PReLUDoubleBackward)
-    _replace_layers(net, nn.Mish, lambda m: _MishDoubleBackward())
-    x = _max_pool_double_backward(net.stem_relu(net.stem_bn(net.stem_conv(x))), net.pool)
-    for stage in net.stages:
-        for block in stage:
-            x = block(x)
-    x = net.avgpool(x)
-    return net.fc(x.reshape([x.shape[0], -1]))  # reshape, not flatten: flatten_grad has no grad
-
-
 # -- one score ---------------------------------------------------------------------------------
 def compute(name: str, widths: Widths | str, space: SearchSpace, batch: Optional[Batch] = None,
             seed: int = 0, act: str = "relu", repeats: int = 1) -> float:
@@ -387,84 +292,3 @@ def compute(name: str, widths: Widths | str, space: SearchSpace, batch: Optional
         return float(np.mean([fn(widths, space, batch, s, act) for s in seeds]))
     finally:
         paddle.set_rng_state(state)
-
-
-# -- a whole list, cached ------------------------------------------------------------------------
-def score_list(name: str, codes: Mapping[str, str], space: SearchSpace, batch: Optional[Batch],
-               out_path, seed: int = 0, repeats: int = 1, progress: bool = True,
-               act: str = "relu") -> dict[str, dict]:
-    """Score every key -> code of a list; returns key -> record, in list order.
-
-    Each distinct network (equal `space.widths(code)`) is computed once; its records go to the
-    JSONL log at out_path as soon as it is done, so a killed run resumes where it stopped.
-    Records: {"key", "code", "score", "seconds", "proxy", "seed", "repeats", "act"}; "seconds"
-    is the computation time for the key that paid for it and 0.0 for keys that reused it.
-    """
-    if name not in PROXIES:
-        raise ValueError(f"unknown proxy {name!r}: expected one of {', '.join(PROXIES)}")
-    setting = {"proxy": name, "seed": seed, "repeats": repeats, "act": act}
-    done = resume_log(out_path, codes, setting)
-    by_widths: dict[Widths, dict] = {}
-    for rec in done.values():
-        by_widths.setdefault(space.widths(rec["code"]), rec)
-
-    groups: dict[Widths, list[str]] = {}
-    for key, code in codes.items():
-        if key not in done:
-            groups.setdefault(space.widths(code), []).append(key)
-
-    with tqdm(total=len(codes), initial=len(codes) - sum(map(len, groups.values())),
-              desc=f"proxy {name}", unit="arch", disable=not progress) as bar:
-        for widths, keys in groups.items():
-            seconds = [0.0] * len(keys)
-            if widths in by_widths:
-                score = by_widths[widths]["score"]
-            else:
-                start = time.perf_counter()
-                score = compute(name, widths, space, batch, seed, act, repeats)
-                seconds[0] = time.perf_counter() - start
-            records = [{"key": k, "code": codes[k], "score": score, "seconds": s, **setting}
-                       for k, s in zip(keys, seconds)]
-            append_jsonl(out_path, records)
-            for rec in records:
-                done[rec["key"]] = rec
-            by_widths.setdefault(widths, records[0])
-            bar.update(len(keys))
-    return {key: done[key] for key in codes}
-
-
-def to_official_json(records: Mapping[str, dict], codes: Mapping[str, str]) -> dict[str, dict]:
-    """{"arch1": {"acc": score, "arch": code, "seconds": t}, ...} in the list's order."""
-    out = {}
-    for key, code in codes.items():
-        rec = records[key]
-        if rec["code"] != code:
-            raise ValueError(f"key {key!r}: record is for code {rec['code']}, list gives {code}")
-        out[key] = {"acc": rec["score"], "arch": code, "seconds": rec["seconds"]}
-    return out
-
-
-def proxy_settings(cfg: Mapping) -> dict:
-    """cfg["proxies"] with resolution 0 resolved to cfg["space"]["resolution"]."""
-    p = cfg["proxies"]
-    resolution = int(p["resolution"]) or int(cfg["space"]["resolution"])
-    settings = {"batch_size": int(p["batch_size"]), "resolution": resolution,
-                "seed": int(p["seed"]), "repeats": int(p["repeats"])}
-    if settings["batch_size"] < 2:
-        raise ValueError("proxies.batch_size must be >= 2 (jacob_cov and naswot compare samples)")
-    if settings["repeats"] < 1:
-        raise ValueError("proxies.repeats must be >= 1")
-    if resolution < 1:
-        raise ValueError("proxies.resolution must be >= 0 (0 = space.resolution)")
-    return settings
-
-
-def proxy_batch(cfg: Mapping) -> Batch:
-    """The one batch data-dependent proxies see: the first proxies.batch_size training images
-    (unaugmented) with their labels, resized to proxies.resolution when it differs."""
-    from .data import EvalSet  # data loading only for callers that score with real data
-    s = proxy_settings(cfg)
-    x, y = next(iter(EvalSet(dict(cfg), "train", s["batch_size"], s["batch_size"])))
-    if x.shape[-1] != s["resolution"]:
-        x = F.interpolate(x, size=[s["resolution"]] * 2, mode="bilinear", align_corners=False)
-    return x, y

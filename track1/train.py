@@ -26,8 +26,9 @@ from .losses import RANK_LOSSES, cream_loss, label_loss, rank_loss, rank_weight,
 from .precision import Precision, fp32
 from .sampling import PAIR_MODES, MarginSampler, step_pairs, step_subnets
 from .scoring import score_shared
-from .space import Arch, SearchSpace, Widths
+from .space import Arch, SearchSpace
 from .supernet import SuperNet
+from .teacher import Teacher
 
 
 def build_space(cfg: dict) -> SearchSpace:
@@ -103,31 +104,6 @@ def _create_all_accumulators(opt, model) -> None:
     """
     block = paddle.static.default_main_program().global_block()
     opt._create_accumulators(block, [p for p in model.parameters() if not p.stop_gradient])
-
-
-class Teacher:
-    """Zero-cost proxy scores of subnets, cached per distinct network (higher = better)."""
-
-    def __init__(self, cfg: dict, space: SearchSpace):
-        self.name, self.space, self.cfg = cfg["train"]["ranking"]["teacher"], space, cfg
-        self.cache: dict[Widths, float] = {}
-        self.batch = None
-
-    def __call__(self, widths: Widths) -> float:
-        if widths not in self.cache:
-            if self.name == "flops":
-                self.cache[widths] = float(self.space.flops(widths))
-            elif self.name == "params":
-                self.cache[widths] = float(self.space.params(widths))
-            else:
-                from . import proxies  # costly proxies only when configured
-                if self.batch is None:
-                    self.batch = proxies.proxy_batch(self.cfg)
-                p = self.cfg["proxies"]
-                self.cache[widths] = proxies.compute(
-                    self.name, widths, self.space, self.batch, seed=int(p["seed"]),
-                    act=self.cfg["space"]["act"], repeats=int(p["repeats"]))
-        return self.cache[widths]
 
 
 def build_sampler(cfg: dict, space: SearchSpace) -> MarginSampler | None:
