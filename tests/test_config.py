@@ -83,3 +83,11 @@ def test_string_keys_take_the_override_text_and_refuse_an_unquoted_yaml_boolean(
     bad.write_text(f"_base_: {REPO / 'configs' / 'default.yaml'}\ntrain:\n  amp: off\n")
     with pytest.raises(ConfigError, match="bad.yaml: 'train.amp' must be a string .*quote it"):
         load_config(bad)
+
+
+def test_a_teacher_may_be_a_name_a_list_or_a_mapping_in_any_order_of_overrides(tmp_path):
+    preset = tmp_path / "ens.yaml"
+    preset.write_text("train:\n  ranking:\n    teacher: {snip: 2, zen: 1}\n")
+    assert load_config(preset)["train"]["ranking"]["teacher"] == {"snip": 2, "zen": 1}
+    assert load_config(preset, ["train.ranking.teacher=flops"])["train"]["ranking"]["teacher"] == "flops"
+    assert load_config(None, ["train.ranking.teacher=[snip, zen]"])["train"]["ranking"]["teacher"] == ["snip", "zen"]

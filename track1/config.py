@@ -33,12 +33,18 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+# Keys whose value may be a string, a list or a mapping (a teacher is a proxy name, names or weights).
+_FREE_FORM = {"train.ranking.teacher"}
+
+
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
     for key, value in update.items():
         name = f"{prefix}{key}"
         if key not in base:
             raise ConfigError(f"{source}: unknown key '{name}'")
-        if isinstance(base[key], dict):
+        if name in _FREE_FORM:
+            base[key] = value
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{name}' must be a mapping")
             _merge(base[key], value, source, name + ".")
@@ -108,7 +114,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _load_file(Path(path) if path else DEFAULT_CONFIG)
     for text in overrides or []:
         keys, value = parse_override(text)
-        if isinstance(_lookup(cfg, keys), str):  # a string key takes the text as typed (`amp=off`)
+        if isinstance(_lookup(cfg, keys), str) and ".".join(keys) not in _FREE_FORM:
+            # a string key takes the text as typed (`amp=off`)
             value = text.split("=", 1)[1]
         nested: Any = value
         for k in reversed(keys):
