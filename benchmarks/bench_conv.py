@@ -71,7 +71,7 @@ def _median_rounds(funcs: dict, rounds: int, reps: int) -> dict:
 def bench_shapes(args, paddle, F, conv) -> None:
     import numpy as np
     rng = np.random.default_rng(0)
-    kinds = ("stock1", "im2col", "dense")  # stock1: stock kernels on one thread (_Stock)
+    kinds = ("im2col", "dense")
     print(f"{'shape':<14} {'N':>4} | stock: fwd  f+b   dx   dw | " + " | ".join(
         f"{k}: fwd  f+b" for k in kinds) + " | chosen")
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -82,7 +82,6 @@ def bench_shapes(args, paddle, F, conv) -> None:
             ho = conv.out_size(h, k, s, p)
             dy = paddle.to_tensor(rng.standard_normal((batch, o, ho, ho)).astype("float32"))
             impls = {"stock": lambda x, w: F.conv2d(x, w, stride=s, padding=p),
-                     "stock1": lambda x, w: conv._Stock.apply(x, w, s, p),
                      "im2col": lambda x, w: conv._Im2col.apply(x, w, s, p)}
             if conv.dense_waste(h, h, k, s, p) <= 16:
                 impls["dense"] = lambda x, w: conv._Dense.apply(x, w, s, p)

@@ -12,18 +12,16 @@ supernet one GEMM over the whole batch is several times faster. Each shape takes
           gradient with the flipped kernel, other strides scatter the column gradient back phase
           by phase. Chosen for 1x1 convs only: for 3x3 and 7x7 kernels Paddle's CPU concat and pad
           cost more than the stock kernel;
-  stock   F.conv2d (3x3 convs on 8x8 and larger maps, the 7x7 stem). With more than one thread
-          it runs single-threaded, forward and backward: Paddle's per-image conv kernel is several
-          times slower on 2 threads than on 1, while the large products above do gain from them.
+  stock   F.conv2d (3x3 convs on 8x8 and larger maps, the 7x7 stem), at the configured thread
+          count (on a quiet machine its 2-thread kernels beat 1-thread ones run inside a 2-thread
+          step: benchmarks/bench_conv.py).
 
 Each path has its own backward (paddle.autograd.PyLayer); gradients reach a sliced weight's full
 parameter through the slice. Results equal F.conv2d to float rounding (other summation orders).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -191,44 +189,6 @@ class _Dense(PyLayer):
         return dx, dw
 
 
-def _threads() -> int:
-    """The configured CPU thread count (track1 sets OMP_NUM_THREADS before importing paddle)."""
-    return int(os.environ.get("OMP_NUM_THREADS") or 1)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = _threads()
-    if threads > 1:
-        paddle.base.core.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            paddle.base.core.set_num_threads(threads)
-
-
-class _Stock(PyLayer):
-    """F.conv2d and its gradient kernel, each run on one thread."""
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding):
-        with _one_thread():
-            out = F.conv2d(x, weight, stride=stride, padding=padding)
-        ctx.conf = (stride, padding, not x.stop_gradient)
-        ctx.save_for_backward(x, weight)
-        return out
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensor()
-        s, p, need_dx = ctx.conf
-        with _one_thread():
-            dx, dw = paddle._C_ops.conv2d_grad(x, weight, dy, [s, s], [p, p], "EXPLICIT", [1, 1], 1,
-                                               "NCHW")
-        return (dx if need_dx else None), dw
-
-
 def conv_kind(h: int, w: int, k: int, s: int, p: int) -> str:
     """The path for a conv on H x W maps (per-shape times: benchmarks/bench_conv.py)."""
     if h * w <= 16 and dense_waste(h, w, k, s, p) <= 3.0:
@@ -252,8 +212,6 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int = 1, padding: in
         return _Dense.apply(x, weight, stride, padding)
     if kind == "im2col":
         return _Im2col.apply(x, weight, stride, padding)
-    if _threads() > 1:
-        return _Stock.apply(x, weight, stride, padding)
     return F.conv2d(x, weight, stride=stride, padding=padding)
 
 
