@@ -45,7 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--truth", required=True, help="official-shape JSON of stand-alone accuracies")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=["spos", "sandwich", "rdnas", "cream", "cream_rd"])
+    p.add_argument("--methods", nargs="+", default=["spos", "sandwich", "rdnas", "rdnas_authors", "cream",
+                                                   "cream_authors", "cream_rd"])
     p.add_argument("--proxies", nargs="+", default=PROXIES)
     p.add_argument("--out-dir", default="output/method_table")
     p.add_argument("--results", default="docs/RESULTS.md")
