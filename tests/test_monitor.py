@@ -89,3 +89,17 @@ def test_bad_truth_file_stops_before_training(tmp_path):
     with pytest.raises(SubmissionError, match="truth.json"):
         train(cfg, progress=False)
     assert checkpoint.latest(run_dir(cfg)) is None
+
+
+def test_a_list_outside_the_official_sub_space_stops_before_training(tmp_path):
+    from track1.space import Arch, parse
+    from track1.submission import write_arch_list
+    codes = demo_arch_list(3, 7)
+    a = parse(codes["arch2"])
+    codes["arch2"] = Arch(1, a.depths, 1 if a.stem_ratio != 1 else 2, a.blocks).code  # stem untied
+    listed = tmp_path / "mixed.json"
+    write_arch_list(listed, codes)
+    cfg = tiny_config(tmp_path, *MONITOR, f"monitor.arch_list={listed}")
+    with pytest.raises(SubmissionError, match="mixed.json: 1 code outside the official sub-space.*arch2"):
+        train(cfg, progress=False)
+    assert checkpoint.latest(run_dir(cfg)) is None
