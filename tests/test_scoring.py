@@ -4,8 +4,8 @@ import pytest
 
 from track1.files import read_jsonl
 from track1.scoring import calibrate_bn, evaluate, score_list
-from track1.space import Arch, CodeError, SearchSpace, parse
-from track1.submission import demo_arch_list
+from track1.space import Arch, SearchSpace, parse
+from track1.submission import SubmissionError, demo_arch_list
 from track1.supernet import SuperNet
 
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -103,7 +103,8 @@ def test_score_list_refuses_a_code_outside_the_official_sub_space(net, tmp_path)
     codes["arch2"] = Arch(1, a.depths, a.stem_ratio, (a.blocks[0], untied) + a.blocks[2:]).code
     out = tmp_path / "scores.jsonl"
     for mode in ("tree", "per_code"):
-        with pytest.raises(CodeError, match=f"arch2: code {codes['arch2']} is outside the official "
-                                            f"sub-space: stage 2 block {len(untied)} has output"):
+        with pytest.raises(SubmissionError, match=f"scores.jsonl: 1 code outside the official sub-space "
+                                                  f".* arch2, code {codes['arch2']}: stage 2 block "
+                                                  f"{len(untied)} has output"):
             score_list(net, SPACE, codes, [], [], out, progress=False, mode=mode)
     assert not out.exists()  # nothing written

@@ -135,9 +135,8 @@ def cmd_prepare(cfg: dict, args) -> None:
 
 
 def cmd_train(cfg: dict, args) -> None:
-    from .train import train
     from .checkpoint import read_meta
-    from .train import describe_health
+    from .train import describe_health, train
     final = train(cfg, resume=args.resume, progress=True)
     if final is not None:  # None on the ranks other than 0 of a distributed run
         top1 = read_meta(final).get("val_top1")

@@ -12,7 +12,8 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from .files import append_jsonl, resume_log
-from .space import CodeError, SearchSpace, Widths, official_problem, parse
+from .space import SearchSpace, Widths
+from .submission import check_official
 from .supernet import SuperNet
 
 
@@ -37,15 +38,10 @@ def calibrate_bn(model: SuperNet, widths: Widths, batches: Iterable[paddle.Tenso
         model.eval()
 
 
+@paddle.no_grad()
 def evaluate(model: SuperNet, widths: Widths,
              batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) of the subnet over the batches, BN in eval mode."""
-    correct, loss_sum, n = _evaluate_sums(model, widths, batches)
-    return correct / n, loss_sum / n
-
-
-@paddle.no_grad()
-def _evaluate_sums(model: SuperNet, widths: Widths, batches: Iterable) -> tuple[int, float, int]:
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in batches:
@@ -53,7 +49,7 @@ def _evaluate_sums(model: SuperNet, widths: Widths, batches: Iterable) -> tuple[
         correct += int((logits.argmax(axis=1) == y).astype("int64").sum().item())
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         n += int(y.shape[0])
-    return correct, loss_sum, n
+    return correct / n, loss_sum / n
 
 
 @contextlib.contextmanager
@@ -116,10 +112,7 @@ def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib
     codes that build the same network (equal widths) are evaluated once. "seconds" is the time a
     network took, on the first of its keys (0 on the others).
     """
-    for key, code in codes.items():  # before anything is written
-        problem = official_problem(parse(code))
-        if problem:
-            raise CodeError(f"{key}: code {code} is outside the official sub-space: {problem}")
+    check_official(results_path, codes)  # before anything is written
     done = resume_log(results_path, codes)
     known = {space.widths(r["code"]): (r["acc"], r["loss"]) for r in done.values()}
     todo: dict[Widths, list[str]] = {}
