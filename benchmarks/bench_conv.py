@@ -1,8 +1,8 @@
 """Time track1.conv against Paddle's stock conv2d: per conv shape, and whole training steps.
 
 Per shape (the convs of the width-0.25 32 px network): forward, and forward + backward (input and
-weight gradients), for stock F.conv2d and each fast path that applies, interleaved round by round,
-medians reported. For stock, the input-only and weight-only backward too (where the time goes).
+weight gradients), for stock F.conv2d and the fast mode (oneDNN), interleaved round by round,
+medians reported, with the oneDNN kernels chosen.
 Steps: a sandwich step of the supernet (largest + smallest + one random subnet, forward +
 cross-entropy + backward + momentum update) at batch 64 and 256, and the static ResNet of one
 official code at batch 256, with train.conv stock and fast, interleaved. Each thread count runs in
@@ -27,6 +27,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFICIAL_ARCH1 = "1252233313000000223212122253130000000000006515000000"  # the official list's arch1
 # (name, in, out, map, kernel, stride, padding) at width 0.25, 32 px.
 SHAPES = [
     ("stem 7x7/2", 3, 16, 32, 7, 2, 3),
@@ -70,10 +71,10 @@ def _median_rounds(funcs: dict, rounds: int, reps: int) -> dict:
 
 def bench_shapes(args, paddle, F, conv) -> None:
     import numpy as np
+
+    from track1 import onednn
     rng = np.random.default_rng(0)
-    kinds = ("im2col", "dense")
-    print(f"{'shape':<14} {'N':>4} | stock: fwd  f+b   dx   dw | " + " | ".join(
-        f"{k}: fwd  f+b" for k in kinds) + " | chosen")
+    print(f"{'shape':<14} {'N':>4} | stock: fwd   f+b | fast: fwd   f+b | f+b x | oneDNN kernels")
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, c, o, h, k, s, p in SHAPES:
             x = paddle.to_tensor(rng.standard_normal((batch, c, h, h)).astype("float32"))
@@ -81,39 +82,26 @@ def bench_shapes(args, paddle, F, conv) -> None:
             x.stop_gradient = w.stop_gradient = False
             ho = conv.out_size(h, k, s, p)
             dy = paddle.to_tensor(rng.standard_normal((batch, o, ho, ho)).astype("float32"))
-            impls = {"stock": lambda x, w: F.conv2d(x, w, stride=s, padding=p),
-                     "im2col": lambda x, w: conv._Im2col.apply(x, w, s, p)}
-            if conv.dense_waste(h, h, k, s, p) <= 16:
-                impls["dense"] = lambda x, w: conv._Dense.apply(x, w, s, p)
             funcs = {}
-            for kind, f in impls.items():
-                funcs[kind + " fwd"] = lambda f=f: f(x, w)
-                funcs[kind + " f+b"] = lambda f=f: paddle.grad([f(x, w)], [x, w], [dy])
-            funcs["stock dx"] = lambda: paddle.grad([F.conv2d(x, w.detach(), stride=s, padding=p)],
-                                                    [x], [dy])
-            funcs["stock dw"] = lambda: paddle.grad([F.conv2d(x.detach(), w, stride=s, padding=p)],
-                                                    [w], [dy])
+            for mode in conv.MODES:
+                f = (lambda x, w, mode=mode: conv.conv2d(x, w, s, p, mode))
+                funcs[mode + " fwd"] = lambda f=f: f(x, w)
+                funcs[mode + " f+b"] = lambda f=f: paddle.grad([f(x, w)], [x, w], [dy])
             t = _median_rounds(funcs, args.rounds, 3)
-            cells = [f"{t['stock fwd']:5.2f} {t['stock f+b']:5.2f} {t['stock dx']:5.2f} "
-                     f"{t['stock dw']:5.2f}"]
-            for kind in kinds:
-                cells.append(f"{t[kind + ' fwd']:5.2f} {t[kind + ' f+b']:5.2f}"
-                             if kind + " fwd" in t else f"{'-':>5} {'-':>5}")
-            print(f"{name:<14} {batch:>4} | " + " | ".join(cells) + " | "
-                  + conv.conv_kind(h, h, k, s, p), flush=True)
+            kernels = ",".join(sorted(set(onednn.plan(x.shape, w.shape, s, p).impl_names())))
+            print(f"{name:<14} {batch:>4} | {t['stock fwd']:6.2f} {t['stock f+b']:6.2f} | "
+                  f"{t['fast fwd']:6.2f} {t['fast f+b']:6.2f} | "
+                  f"{t['stock f+b'] / t['fast f+b']:5.1f} | {kernels}", flush=True)
 
 
 def bench_steps(args, paddle, F) -> dict:
-    import json
-
     import numpy as np
 
     from track1.space import SearchSpace
     from track1.supernet import ResNet, SuperNet
 
     space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
-    with open("/work/shared/data/CVPR_2022_NAS_Track1_test.json") as fh:
-        code = next(iter(json.load(fh).values()))["arch"]
+    code = OFFICIAL_ARCH1
     rng = np.random.default_rng(0)
     widths = [space.widths(a) for a in
               (space.largest(), space.smallest(), space.sample(np.random.default_rng(1)))]

@@ -1,12 +1,12 @@
-"""track1.conv equals stock F.conv2d: outputs, input and weight gradients, whole networks, FastConv."""
+"""track1.conv equals stock F.conv2d: outputs, input and weight gradients, inference, whole networks."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
-from track1 import conv
+from track1 import conv, onednn
 from track1.config import ConfigError
-from track1.conv import FastConv, conv2d
+from track1.conv import conv2d
 from track1.layers import DynamicConv2D, leading
 from track1.space import SearchSpace
 from track1.supernet import ResNet, SuperNet
@@ -40,12 +40,9 @@ def _run(path, x, full, o, k_s_p, dy):
     weight = leading(full, (o, int(x.shape[1])))
     if path == "stock":
         y = F.conv2d(x, weight, stride=s, padding=p)
-    elif path == "dense":
-        y = conv._Dense.apply(x, weight, s, p)
-    elif path == "im2col":
-        y = conv._Im2col.apply(x, weight, s, p)
     else:
         y = conv2d(x, weight, s, p, "fast")
+        assert y.grad_fn.name() == "GradNodePyLayer__OneDNNConv"
     dx, dfull = paddle.grad([y], [x, full], [dy])
     return y.numpy(), dx.numpy(), dfull.numpy()
 
@@ -61,17 +58,15 @@ def test_paths_match_stock_conv2d(n, c, o, h, k, s, p):
     dy = paddle.to_tensor(rng.standard_normal((n, o, ho, ho)).astype("float32"))
     ref = _run("stock", x, full, o, (k, s, p), dy)
     assert np.abs(ref[2][o:]).max() == 0 and np.abs(ref[2][:, c:]).max() == 0
-    paths = ["fast", "im2col"] + (["dense"] if conv.dense_waste(h, h, k, s, p) <= 64 else [])
-    for path in paths:
-        got = _run(path, x, full, o, (k, s, p), dy)
-        for name, a, b in zip(("output", "input grad", "weight grad"), got, ref):
-            _close(a, b, f"{path} {name}")
+    got = _run("fast", x, full, o, (k, s, p), dy)
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, ref):
+        _close(a, b, f"fast {name}")
 
 
-def test_fast_path_is_used_and_deterministic():
-    # 2x2 maps take the dense path; the same call twice gives bit-identical gradients.
-    assert conv.conv_kind(2, 2, 3, 1, 1) == "dense"
-    assert conv.conv_kind(8, 8, 1, 2, 0) == "im2col"
+def test_onednn_is_loaded_and_deterministic():
+    # Paddle's CPU wheel ships oneDNN 3.x: the fast mode must not fall back silently here.
+    assert onednn.available(), onednn.why_unavailable()
+    assert onednn.version()[0] == 3
     rng = np.random.default_rng(0)
     x = paddle.to_tensor(rng.standard_normal((4, 32, 2, 2)).astype("float32"), stop_gradient=False)
     w = paddle.to_tensor(rng.standard_normal((32, 32, 3, 3)).astype("float32"), stop_gradient=False)
@@ -81,6 +76,8 @@ def test_fast_path_is_used_and_deterministic():
         outs.append([t.numpy() for t in (y, *paddle.grad([(y * y).sum()], [x, w]))])
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
+    names = onednn.plan(x.shape, w.shape, 1, 1).impl_names()
+    assert len(names) == 3 and all(n and "ref" not in n for n in names), names
 
 
 def test_no_grad_and_bad_mode():
@@ -89,11 +86,11 @@ def test_no_grad_and_bad_mode():
         y = conv2d(x, w, 1, 1)
     assert y.stop_gradient
     _close(y.numpy(), F.conv2d(x, w, padding=1).numpy(), "no_grad output")
-    # An input without gradient (as an image batch): the weight gradient alone, on both paths.
+    # An input without gradient (an image batch): the weight gradient alone.
     w.stop_gradient = False
-    for apply, (h, k, s, p) in ((conv._Dense.apply, (4, 3, 1, 1)), (conv._Im2col.apply, (4, 1, 2, 0))):
+    for h, k, s, p in ((32, 7, 2, 3), (4, 3, 1, 1), (4, 1, 2, 0)):
         xi, wk = paddle.randn([2, 16, h, h]), w[:, :, :k, :k]
-        got = paddle.grad([apply(xi, wk, s, p).sum()], [w])[0]
+        got = paddle.grad([conv2d(xi, wk, s, p).sum()], [w])[0]
         ref = paddle.grad([F.conv2d(xi, wk, stride=s, padding=p).sum()], [w])[0]
         _close(got.numpy(), ref.numpy(), f"weight grad, k={k}")
     with pytest.raises(ValueError, match="unknown conv mode"):
@@ -103,6 +100,27 @@ def test_no_grad_and_bad_mode():
     with pytest.raises(ConfigError, match="train.conv"):
         conv_mode({"train": {"conv": "fastest"}})
     assert conv_mode({"train": {"conv": "stock"}}) == "stock"
+
+
+def test_float64_runs_stock():
+    x = paddle.randn([2, 4, 5, 5], dtype="float64")
+    w = paddle.randn([3, 4, 3, 3], dtype="float64")
+    assert not conv.uses_onednn(x)
+    np.testing.assert_array_equal(conv2d(x, w, 1, 1).numpy(), F.conv2d(x, w, padding=1).numpy())
+
+
+def test_plan_cache_evicts_least_recent(monkeypatch):
+    monkeypatch.setattr(onednn, "MAX_PLANS", 2)
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    shapes = [([1, 2, 3, 3], [2, 2, 1, 1]), ([1, 2, 4, 4], [2, 2, 1, 1]), ([1, 2, 5, 5], [2, 2, 1, 1])]
+    first = onednn.plan(*shapes[0], 1, 0)
+    onednn.plan(*shapes[1], 1, 0)
+    assert onednn.plan(*shapes[0], 1, 0) is first  # now the most recent
+    onednn.plan(*shapes[2], 1, 0)
+    assert [k[2] for k in onednn._PLANS] == [3, 5]
+    x = paddle.randn(shapes[2][0])
+    w = paddle.randn(shapes[2][1])
+    _close(conv2d(x, w).numpy(), F.conv2d(x, w).numpy(), "after eviction")
 
 
 def _net_grads(make, mode, dtype, seed):
@@ -165,27 +183,9 @@ def test_supernet_fast_equals_stock_through_sliced_weights():
     assert net.export(widths).stem_conv.mode == "fast"
 
 
-@pytest.mark.parametrize("c,o,h,k,s,p", [
-    (8, 8, 8, 3, 1, 1), (8, 16, 8, 3, 2, 1), (8, 16, 8, 1, 2, 0), (16, 16, 4, 3, 1, 1),
-    (16, 32, 4, 3, 2, 1), (16, 32, 4, 1, 2, 0), (32, 32, 2, 3, 1, 1), (32, 64, 2, 3, 2, 1),
-    (32, 64, 2, 1, 2, 0), (64, 64, 1, 3, 1, 1), (3, 8, 32, 7, 2, 3), (8, 12, 8, 1, 1, 0)])
-def test_fast_conv_matches_conv2d(c, o, h, k, s, p):
-    paddle.seed(3)
-    layer = DynamicConv2D(c + 5, o + 3, k, s, p)  # leading slices of a larger weight
-    x = paddle.randn([6, c, h, h])
-    fast = FastConv()
-    with paddle.no_grad():
-        ref = layer(x, o)
-        got = fast(layer, x, o)
-        again = fast(layer, x, o)  # from the cache
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(again.numpy(), got.numpy())
-
-
 def test_two_threads_fast_path_matches(tmp_path):
-    # The matrix products at 2 threads; in a process of its own, as OMP_NUM_THREADS is read when
-    # paddle is imported.
+    # oneDNN at 2 threads; in a process of its own, as OMP_NUM_THREADS is read when paddle is
+    # imported.
     script = tmp_path / "two.py"
     script.write_text(
         "import numpy as np, paddle, paddle.nn.functional as F\n"
@@ -194,7 +194,7 @@ def test_two_threads_fast_path_matches(tmp_path):
         "x = paddle.to_tensor(rng.standard_normal((3, 8, 4, 4)).astype('float32'), stop_gradient=False)\n"
         "w = paddle.to_tensor(rng.standard_normal((6, 8, 3, 3)).astype('float32'), stop_gradient=False)\n"
         "y = conv2d(x, w, 1, 1)\n"
-        "assert y.grad_fn.name() == 'GradNodePyLayer__Dense', y.grad_fn.name()\n"
+        "assert y.grad_fn.name() == 'GradNodePyLayer__OneDNNConv', y.grad_fn.name()\n"
         "got = [y.numpy(), *[g.numpy() for g in paddle.grad([(y * y).sum()], [x, w])]]\n"
         "r = F.conv2d(x, w, padding=1)\n"
         "ref = [r.numpy(), *[g.numpy() for g in paddle.grad([(r * r).sum()], [x, w])]]\n"
@@ -206,3 +206,13 @@ def test_two_threads_fast_path_matches(tmp_path):
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert float(out.strip().splitlines()[-1]) <= RTOL
+
+
+def test_input_gradient_alone():
+    # A frozen kernel (as when a proxy takes the gradient with respect to the input only).
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal((2, 8, 6, 6)).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.standard_normal((4, 8, 3, 3)).astype("float32"))
+    got = paddle.grad([conv2d(x, w, 2, 1).sum()], [x])[0]
+    ref = paddle.grad([F.conv2d(x, w, stride=2, padding=1).sum()], [x])[0]
+    _close(got.numpy(), ref.numpy(), "input grad with a frozen kernel")

@@ -80,7 +80,7 @@ def _two_layer_weights(bn, seed):
 
 
 def test_synflow_of_a_two_layer_network_by_hand(monkeypatch):
-    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu": _TwoLayer(bn=True))
+    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu", conv="fast": _TwoLayer(bn=True))
     x, _ = _batch(n=4, res=5)
     score = proxies.compute("synflow", SMALL, SPACE, (x, None), seed=7)
     w1, w2, _ = _two_layer_weights(True, 7)
@@ -93,7 +93,7 @@ def test_synflow_of_a_two_layer_network_by_hand(monkeypatch):
 
 
 def test_snip_of_a_two_layer_network_by_hand(monkeypatch):
-    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu": _TwoLayer(bn=False))
+    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu", conv="fast": _TwoLayer(bn=False))
     x, y = _batch(n=4, res=5, classes=3)
     score = proxies.compute("snip", SMALL, SPACE, (x, y), seed=3)
     w1, w2, b = _two_layer_weights(False, 3)
@@ -114,7 +114,7 @@ def test_snip_of_a_two_layer_network_by_hand(monkeypatch):
 def test_naswot_is_the_all_distinct_logdet(monkeypatch):
     # One ReLU layer of 6 units; sample i is positive only on unit i: one-hot, all-distinct codes.
     n, units = 4, 6
-    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu": nn.Sequential(nn.ReLU()))
+    monkeypatch.setattr(proxies, "build_network", lambda w, s, act="relu", conv="fast": nn.Sequential(nn.ReLU()))
     x = paddle.to_tensor(2 * np.eye(n, units, dtype="float32") - 1)
     score = proxies.compute("naswot", SMALL, SPACE, (x, None))
     # K = units on the diagonal, units - 2 elsewhere: eigenvalues n(units-2)+2 once, 2 (n-1) times.

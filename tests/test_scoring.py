@@ -54,7 +54,11 @@ def _with_stage1_output(code: str, ratio: int) -> str:
     return Arch(1, a.depths, ratio, (tuple((m, ratio) for m, _ in a.blocks[0]),) + a.blocks[1:]).code
 
 
-def test_score_list_resumes_and_shares_equal_networks(net, tmp_path, monkeypatch):
+def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
+    # The tree engine convolves in the fast mode; per-code scoring must too, or this untrained net
+    # on batches of 4 amplifies the two kernels' float rounding to 1.5e-4 in the loss.
+    paddle.seed(0)
+    net = SuperNet(SPACE, conv="fast")
     codes = demo_arch_list(6, seed=1)
     # Stage-1 (and stem) ratio codes 1 and 2 both give 64 channels (0.95 * 64 rounds back to 64):
     # two official codes, one network.

@@ -29,10 +29,9 @@ are held.
 
 Two engines run a layer. `_LayerEngine` (fast=False) calls the supernet's own layers batch by
 batch, exactly the operations of calibrate_bn and evaluate. `_FastEngine` (fast=True, the default)
-stacks all calibration and evaluation images into one tensor, computes block convolutions with
-`track1.conv.FastConv` (large matrix products instead of Paddle's per-image CPU conv kernel, on
-the 4x4..1x1 maps where most of a list's work is) and runs F.batch_norm part by part with the same
-momentum rule into per-layer running statistics of its own. Both agree with per-code scoring to
+stacks all calibration and evaluation images into one tensor, computes every convolution with
+track1.conv's fast mode (oneDNN on the CPU, whatever mode the supernet trained with) and runs
+F.batch_norm part by part with the same momentum rule into per-layer running statistics of its own. Both agree with per-code scoring to
 float rounding (tests/test_prefix.py).
 
 `count_macs` gives the multiply-adds of per-code and of prefix-shared evaluation (SearchSpace.flops'
@@ -46,7 +45,8 @@ from typing import Iterator, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from .conv import FastConv
+from .conv import conv2d
+from .layers import leading
 from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out, needs_projection
 from .supernet import SuperNet
 
@@ -176,18 +176,24 @@ class _LayerEngine:
         return acts[1]
 
 
+def _fast_conv(layer, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
+    """A DynamicConv2D's conv in track1.conv's fast mode, whatever mode the layer has."""
+    weight = leading(layer.weight, (out_channels, int(x.shape[1])))
+    return conv2d(x, weight, layer.stride, layer.padding, "fast")
+
+
 class _FastEngine:
     """The same computation with every calibration and evaluation image in one tensor per layer.
 
-    Convolutions act image by image, so they run once on the whole stack (through FastConv for
-    blocks). BN runs per part: F.batch_norm in training mode on calibration batch k with momentum
+    Convolutions act image by image, so they run once on the whole stack (track1.conv's fast
+    mode). BN runs per part: F.batch_norm in training mode on calibration batch k with momentum
     (k-1)/k into this layer's own running mean/variance (what the BN layer does to its buffers),
     then in inference mode with those statistics on the evaluation images. The model's BN buffers
     and modes are not touched. Activations: one tensor, calibration images first.
     """
 
     def __init__(self, model: SuperNet, calib: list, evals: list):
-        self.model, self.conv = model, FastConv()
+        self.model = model
         self.sizes = [int(x.shape[0]) for x in calib] + [int(x.shape[0]) for x in evals]
         self.n_calib = sum(self.sizes[:len(calib)])
         self.n_parts = len(calib)
@@ -196,15 +202,15 @@ class _FastEngine:
     def run(self, key: tuple, x: paddle.Tensor) -> paddle.Tensor:
         model = self.model
         if key[0] == "stem":
-            x = F.relu(self._bn(model.stem_bn, model.stem_conv(x, key[1])))
+            x = F.relu(self._bn(model.stem_bn, _fast_conv(model.stem_conv, x, key[1])))
             return F.max_pool2d(x, 3, 2, 1)
         stage, i, mid, out = key
-        block, conv = model.stages[stage][i], self.conv
-        # DynamicBlock.forward with FastConv and per-part BN (tests check that the two agree).
-        y = F.relu(self._bn(block.bn1, conv(block.conv1, x, mid)))
-        y = self._bn(block.bn2, conv(block.conv2, y, out))
+        block = model.stages[stage][i]
+        # DynamicBlock.forward with the fast conv and per-part BN (tests check that the two agree).
+        y = F.relu(self._bn(block.bn1, _fast_conv(block.conv1, x, mid)))
+        y = self._bn(block.bn2, _fast_conv(block.conv2, y, out))
         if block.projection:
-            x = self._bn(block.shortcut_bn, conv(block.shortcut_conv, x, out))
+            x = self._bn(block.shortcut_bn, _fast_conv(block.shortcut_conv, x, out))
         return block.act(y + x)
 
     def _bn(self, bn, y: paddle.Tensor) -> paddle.Tensor:
@@ -233,7 +239,7 @@ def score_tree(model: SuperNet, widths_list: Sequence[Widths], calib: list[paddl
     Equal to scoring.score_widths (calibrate_bn then evaluate) for each subnet up to float
     rounding. fast=False walks the trie with the supernet's own layers batch by batch (exactly
     calibrate_bn's and evaluate's operations); fast=True (_FastEngine) stacks all images and
-    computes block convolutions with FastConv. Results come in depth-first order of the trie
+    computes convolutions with track1.conv's fast mode. Results come in depth-first order of the trie
     (sorted children), not in list order. BN momentum and every layer's training flag are
     restored when the iterator is exhausted or closed; BN buffers are left as the last
     calibration wrote them (fast=False) or untouched (fast=True). A `timings` dict receives the

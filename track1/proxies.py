@@ -1,7 +1,10 @@
 """Zero-cost proxies: scores of an untrained network that predict its trained accuracy (higher = better).
 
 Each scores the plain network `ResNet(widths, space, act)` right after `paddle.seed(seed)`, on one
-caller-supplied batch (x, y) where it needs data; `compute` is the entry point. Lists, settings and
+caller-supplied batch (x, y) where it needs data; `compute` is the entry point. Convolutions run in
+track1.conv's fast mode (oneDNN on the CPU; equal to stock to float rounding), except in grasp,
+whose Hessian-vector product needs the stock kernel's double backward (synflow's float64 runs stock
+by itself). Lists, settings and
 input batches: track1/proxy_runs.py; ensembles and the RD-NAS teacher: track1/teacher.py.
 """
 from __future__ import annotations
@@ -32,14 +35,15 @@ ZEN_GAMMA = 1e-2     # input perturbation size of Zen-NAS
 DEFAULT_BATCH = 64   # Gaussian batch size of zen when the caller gives no batch
 
 
-def build_network(widths: Widths, space: SearchSpace, act: str = "relu") -> nn.Layer:
+def build_network(widths: Widths, space: SearchSpace, act: str = "relu",
+                  conv: str = "fast") -> nn.Layer:
     """The network a proxy scores. A module-level hook so tests can score a hand-made network."""
-    return ResNet(widths, space, act)
+    return ResNet(widths, space, act, conv)
 
 
-def _fresh(widths: Widths, space: SearchSpace, act: str, seed: int) -> nn.Layer:
+def _fresh(widths: Widths, space: SearchSpace, act: str, seed: int, conv: str = "fast") -> nn.Layer:
     paddle.seed(seed)
-    return build_network(widths, space, act)
+    return build_network(widths, space, act, conv)
 
 
 def _weights(net: nn.Layer) -> list:
@@ -101,7 +105,7 @@ def grasp(widths, space, batch, seed=0, act="relu") -> float:
     sums the score as is and finds it correlates positively with accuracy, so we keep that sign.
     """
     x, y = _need(batch, "grasp")
-    net = _fresh(widths, space, act, seed)
+    net = _fresh(widths, space, act, seed, conv="stock")
     net.train()
     # The input must take part in the first backward: Paddle's conv2d double grad silently drops the
     # path through its output gradient when the conv's input gradient is not requested (the stem
@@ -133,7 +137,8 @@ def fisher(widths, space, batch, seed=0, act="relu") -> float:
     finally:
         for h in hooks:
             h.remove()
-    grads = paddle.grad(loss, acts)
+    # The weights too: a fast-conv node must give every gradient it can (track1.conv.conv2d).
+    grads = paddle.grad(loss, acts + _weights(net))[:len(acts)]
     total = 0.0
     for a, g in zip(acts, grads):
         g_nk = (a * g).sum(axis=[2, 3]) if a.ndim == 4 else a * g
@@ -167,7 +172,7 @@ def jacob_cov(widths, space, batch, seed=0, act="relu") -> float:
     net.train()
     x = x.detach().clone()
     x.stop_gradient = False
-    (jac,) = paddle.grad(net(x).sum(), [x])
+    jac = paddle.grad(net(x).sum(), [x] + _weights(net))[0]  # all: see fisher
     return jacob_cov_score(jac.reshape([x.shape[0], -1]).numpy())
 
 
