@@ -2,6 +2,10 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_proxies.py
 
+Two processes may share the work (--proxies), each with its own --out; their seconds then come from
+a shared machine, so time on a quiet one separately (--per-proxy NAME=3 ... --out timing.jsonl) and
+merge: --report-only --out values.jsonl --more-logs other.jsonl --times-from timing.jsonl.
+
 On a seeded subset of official codes (read from the official list, not sampled) and a seeded
 Gaussian batch (proxies.input: gaussian), each proxy scores its first N codes of the subset at 224 px
 and at a cheaper resolution (--cheap), batch 16; the first --timing-codes codes are also timed at
@@ -23,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--arch-list", default=str(ROOT.parent / "shared/data/CVPR_2022_NAS_Track1_test.json"))
 parser.add_argument("--codes", type=int, default=300, help="size of the seeded subset of official codes")
-parser.add_argument("--per-proxy", default="synflow=300,zen=40,naswot=40,snip=30,grad_norm=20,fisher=12,"
-                                           "jacob_cov=12,grasp=4",
+parser.add_argument("--proxies", default="", help="comma list: measure only these (default: all)")
+parser.add_argument("--per-proxy", default="grasp=100",
                     help="NAME=N: measure this proxy on the first N codes of the subset only (cost)")
 parser.add_argument("--cheap", type=int, default=64, help="the cheaper proxies.resolution")
 parser.add_argument("--batch", type=int, default=16, help="batch of the ranking measurement")
@@ -36,6 +40,8 @@ parser.add_argument("--ensemble", action="append", default=None,
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--out", default=str(ROOT / "output/bench_proxies/measurements.jsonl"))
 parser.add_argument("--report-only", action="store_true", help="print the report of what is measured")
+parser.add_argument("--more-logs", nargs="*", default=[], help="other measurement logs to report with --out")
+parser.add_argument("--times-from", default=None, help="take the seconds from this log (a quiet machine)")
 args = parser.parse_args()
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(ROOT))
@@ -52,14 +58,21 @@ from track1.submission import load_arch_list  # noqa: E402
 space = SearchSpace(width_mult=1.0, resolution=224, num_classes=1000)
 official = list(load_arch_list(args.arch_list).values())
 subset = [official[i] for i in np.random.default_rng(args.seed).choice(len(official), args.codes, replace=False)]
-counts = {name: args.codes for name in proxies.PROXIES}
+chosen = [n for n in args.proxies.split(",") if n] or list(proxies.PROXIES)
+counts = {name: args.codes if name in chosen else 0 for name in proxies.PROXIES}
 for item in filter(None, args.per_proxy.split(",")):
     name, n = item.split("=")
-    counts[name] = min(int(n), args.codes)
+    if name in chosen:
+        counts[name] = min(int(n), args.codes)
 resolutions = (space.resolution, args.cheap)
 out = Path(args.out)
 repair_jsonl(out)
 done = {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(out)}
+if args.report_only:
+    for extra in args.more_logs:
+        done.update({(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(Path(extra))})
+timed_records = done if args.times_from is None else {
+    (r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(Path(args.times_from))}
 batches: dict = {}
 
 
@@ -74,7 +87,8 @@ def measure(name: str, code: str, res: int, batch: int) -> None:
     # CPU time as well as wall time: on a shared machine the wall time also counts waiting.
     rec = {"proxy": name, "resolution": res, "batch": batch, "code": code, "score": score,
            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-           "threads": os.environ["OMP_NUM_THREADS"]}
+           "threads": os.environ["OMP_NUM_THREADS"],
+           "conv": "stock" if name in proxies.STOCK_CONV else "fast"}
     append_jsonl(out, [rec])
     done[key] = rec
     print(json.dumps(rec), flush=True)
@@ -86,7 +100,7 @@ if not args.report_only:
         widths = space.widths(code)
         space.flops(widths), space.params(widths)
     print(f"flops+params for all {len(official)} codes (parsing included): {time.perf_counter() - start:.2f} s")
-    for name in proxies.PROXIES:  # one untimed warm-up per proxy (first-call set-up costs)
+    for name in chosen:  # one untimed warm-up per proxy (first-call set-up costs)
         proxies.compute(name, subset[0], space, gaussian_batch(2, args.cheap, space.num_classes, 0))
     # Code by code, so that a stopped run has every proxy; the larger batch after the first few.
     for i, code in enumerate(subset):
@@ -96,7 +110,7 @@ if not args.report_only:
                     measure(name, code, res, args.batch)
         if i == 3 or i == len(subset) - 1:
             for timed in subset[:args.timing_codes]:
-                for name in proxies.PROXIES:
+                for name in chosen:
                     for res in resolutions:
                         measure(name, timed, res, args.timing_batch)
 
@@ -113,7 +127,8 @@ def scores(name: str, res: int) -> dict[str, float]:
 
 def seconds(name: str, res: int, batch: int, field: str = "cpu_seconds") -> float:
     """Median over the measured codes; CPU time by default (the machine may be shared)."""
-    t = [r.get(field, float("nan")) for (p, rs, b, _), r in done.items() if p == name and rs == res and b == batch]
+    t = [r.get(field, float("nan")) for (p, rs, b, _), r in timed_records.items()
+         if p == name and rs == res and b == batch]
     return float(np.median(t)) if t else float("nan")
 
 

@@ -2,7 +2,7 @@
 
 Per-code is scoring.score_widths for every distinct network (calibrate_bn + evaluate on the whole
 subnet, what score_list does); tree is prefix.score_tree (each distinct leading-layer prefix once,
-block convolutions as large matrix products). Space: the embedded default
+every convolution in track1.conv's fast mode: oneDNN). Space: the embedded default
 SearchSpace(width_mult=0.25, resolution=32, num_classes=10); calibration and evaluation sets as
 configs/default.yaml sizes them (score.calib_images in batches of score.calib_batch,
 score.val_images in batches of score.eval_batch), real Fashion-MNIST when data/fashion-mnist is
@@ -13,7 +13,7 @@ of N from the official list. The supernet is random-init unless --checkpoint nam
         [--modes per-code,tree] [--checkpoint PATH] [--random-data] [--seed 0]
 
 Modes: per-code, tree-ref (the trie walk with the supernet's own layers, F.conv2d: the gain of
-sharing alone), tree (score_tree's default, FastConv). Each runs once over all N codes after a
+sharing alone), tree (score_tree's default, the fast conv). Each runs once over all N codes after a
 short untimed warm-up, so the host's other load shows in the numbers: the load average is printed.
 The 45,000-code extrapolation scales per-code's time by the number of codes; a tree's time is
 scaled part by part (stem, stage1..stage4: seconds per prefix-shared multiply-add of that part in
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     cfg = load_config(None, [f"data.root={REPO / 'data' / 'fashion-mnist'}"])
     space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
     paddle.seed(args.seed)
-    model = SuperNet(space)
+    model = SuperNet(space, conv="fast")  # what `score` builds from the default config
     if args.checkpoint:
         from track1.checkpoint import load_weights
         load_weights(Path(args.checkpoint), model)

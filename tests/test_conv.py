@@ -216,3 +216,31 @@ def test_input_gradient_alone():
     got = paddle.grad([conv2d(x, w, 2, 1).sum()], [x])[0]
     ref = paddle.grad([F.conv2d(x, w, stride=2, padding=1).sum()], [x])[0]
     _close(got.numpy(), ref.numpy(), "input grad with a frozen kernel")
+
+
+def test_strided_views_are_read_as_their_values():
+    # Paddle's slices and transposes are views with strides; oneDNN reads dense memory.
+    rng = np.random.default_rng(4)
+    full = paddle.to_tensor(rng.standard_normal((8, 6, 3, 3)).astype("float32"))
+    x = paddle.to_tensor(rng.standard_normal((2, 5, 5, 3)).astype("float32")).transpose([0, 3, 1, 2])
+    w = full[:4, :3]
+    assert not x.is_contiguous() and not w.is_contiguous()
+    with paddle.no_grad():
+        got = conv2d(x, w, 1, 1)
+    ref = F.conv2d(x.contiguous(), w.contiguous(), padding=1)
+    _close(got.numpy(), ref.numpy(), "strided views")
+
+
+def test_without_onednn_the_fast_mode_falls_back_to_stock_with_one_warning(monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    monkeypatch.setattr(onednn, "why_unavailable", lambda: "no libdnnl in this wheel")
+    monkeypatch.setattr(conv, "_warned", False)
+    x = paddle.randn([2, 4, 6, 6])
+    w = paddle.randn([3, 4, 3, 3])
+    with pytest.warns(UserWarning, match="oneDNN unavailable .no libdnnl in this wheel"):
+        y = conv2d(x, w, 1, 1)
+    np.testing.assert_array_equal(y.numpy(), F.conv2d(x, w, padding=1).numpy())
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not on every call
+        conv2d(x, w, 1, 1)

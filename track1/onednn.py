@@ -166,7 +166,7 @@ class _Scratch:
 
     def get(self, nbytes: int) -> int:
         if nbytes > self.size:
-            self.size = max(nbytes, 2 * self.size)
+            self.size = nbytes
             self.buf = np.empty(self.size + 64, dtype=np.uint8)
             self.ptr = (self.buf.ctypes.data + 63) // 64 * 64
         return self.ptr

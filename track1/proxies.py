@@ -33,6 +33,9 @@ NEEDS_LABELS = frozenset({"grad_norm", "snip", "grasp", "fisher"})
 JACOB_K = 1e-5       # eigenvalue offset of Mellor et al.'s jacob_cov score
 ZEN_GAMMA = 1e-2     # input perturbation size of Zen-NAS
 DEFAULT_BATCH = 64   # Gaussian batch size of zen when the caller gives no batch
+# Proxies whose networks convolve with Paddle's stock kernel: grasp needs its double backward, and
+# synflow computes in float64, which oneDNN's fast path does not take.
+STOCK_CONV = frozenset({"grasp", "synflow"})
 
 
 def build_network(widths: Widths, space: SearchSpace, act: str = "relu",
@@ -105,7 +108,7 @@ def grasp(widths, space, batch, seed=0, act="relu") -> float:
     sums the score as is and finds it correlates positively with accuracy, so we keep that sign.
     """
     x, y = _need(batch, "grasp")
-    net = _fresh(widths, space, act, seed, conv="stock")
+    net = _fresh(widths, space, act, seed, conv="stock")  # STOCK_CONV
     net.train()
     # The input must take part in the first backward: Paddle's conv2d double grad silently drops the
     # path through its output gradient when the conv's input gradient is not requested (the stem
