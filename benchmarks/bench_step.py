@@ -10,6 +10,7 @@ supernet parameters, as in supernet training; clear_grad(set_to_zero=False) leav
 without a gradient, so the optimiser skips them; the used ones are updated at their max shape.
 
     .venv/bin/python benchmarks/bench_step.py [--threads N] [--steps N] [--batch N] [--repeats N]
+        [--conv fast|stock]
 
 Threads (checked on Paddle 3.3.1 by querying omp_get_max_threads / MKL_Get_Max_Threads of the
 loaded runtimes): importing paddle sets OMP_NUM_THREADS=1 in the environment when it is unset, so
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per side (median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--conv", default="fast", help="train.conv of both sides: fast | stock")
     p.add_argument("--subnets", default="largest,smallest",
                    help="comma list of largest, smallest, random (seed 0)")
     p.add_argument("--verbose", action="store_true", help="print every round's time")
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
         paddle.base.core.set_num_threads(threads)
     paddle.seed(0)
     space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
-    supernet = SuperNet(space)
+    supernet = SuperNet(space, conv=args.conv)  # exported networks keep the conv mode
     supernet.train()
 
     rng = np.random.default_rng(0)
