@@ -52,7 +52,6 @@ _SIGNATURES = {
     "dnnl_version": (_P(_Version), []),
     "dnnl_engine_create": (ctypes.c_int, [_P(_vp), ctypes.c_int, ctypes.c_size_t]),
     "dnnl_stream_create": (ctypes.c_int, [_P(_vp), _vp, ctypes.c_uint]),
-    "dnnl_stream_wait": (ctypes.c_int, [_vp]),
     "dnnl_memory_desc_create_with_tag": (ctypes.c_int, [_P(_vp), ctypes.c_int, _Dims, ctypes.c_int,
                                                         ctypes.c_int]),
     "dnnl_memory_desc_equal": (ctypes.c_int, [_vp, _vp]),
