@@ -2,7 +2,7 @@
 
 Paddle's CPU conv2d runs an im2col and a small GEMM per image; the `fast` mode calls oneDNN's JIT
 kernels instead (track1.onednn: the library inside Paddle's own wheel), forward and both gradients,
-3-12x faster per conv on this network's shapes (benchmarks/bench_conv.py). Anything oneDNN does not
+several times faster per conv on this network's shapes (benchmarks/bench_conv.py). Anything oneDNN does not
 take runs stock: tensors on an accelerator (cuDNN is already fast), non-float32 tensors, and every
 conv when the library cannot be loaded (a warning says why, once). Results equal F.conv2d's to float
 rounding (other summation orders). The fast path has no double backward: what needs a
@@ -71,7 +71,7 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int = 1, padding: in
         raise ValueError(f"unknown conv mode {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "stock" or not uses_onednn(x):
         return F.conv2d(x, weight, stride=stride, padding=padding)
-    if x.stop_gradient and weight.stop_gradient or not paddle.is_grad_enabled():
+    if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
         # Inference: oneDNN's forward-inference primitive, no autograd node.
         return onednn.plan(x.shape, weight.shape, stride, padding, training=False).forward(x, weight)
     return _OneDNNConv.apply(x, weight, stride, padding)

@@ -189,8 +189,6 @@ class _Operand:
             self.to_blocked = self._reorder(plain_md, want)
             self.to_plain = self._reorder(want, plain_md)
         self.memory = self.plain if self.blocked is None else self.blocked
-        set_handle = lib.dll.dnnl_memory_set_data_handle
-        self._set_plain = lambda ptr: set_handle(self.plain, _vp(ptr))
 
     def _reorder(self, src, dst) -> _vp:
         pd = self.lib.new("dnnl_reorder_primitive_desc_create", src, self.lib.engine, dst,
@@ -203,7 +201,7 @@ class _Operand:
     def bind(self, ptr: int, load: bool) -> None:
         """Point `memory` at Paddle's tensor (through the scratch buffer when blocked); `load`
         copies the tensor's data in."""
-        self._set_plain(ptr)
+        self.lib.dll.dnnl_memory_set_data_handle(self.plain, _vp(ptr))
         if self.blocked is not None:
             self.lib.dll.dnnl_memory_set_data_handle(self.blocked, _vp(self.scratch.get(self.nbytes)))
             if load:

@@ -31,8 +31,8 @@ Two engines run a layer. `_LayerEngine` (fast=False) calls the supernet's own la
 batch, exactly the operations of calibrate_bn and evaluate. `_FastEngine` (fast=True, the default)
 stacks all calibration and evaluation images into one tensor, computes every convolution with
 track1.conv's fast mode (oneDNN on the CPU, whatever mode the supernet trained with) and runs
-F.batch_norm part by part with the same momentum rule into per-layer running statistics of its own. Both agree with per-code scoring to
-float rounding (tests/test_prefix.py).
+F.batch_norm part by part with the same momentum rule into per-layer running statistics of its
+own. Both agree with per-code scoring to float rounding (tests/test_prefix.py).
 
 `count_macs` gives the multiply-adds of per-code and of prefix-shared evaluation (SearchSpace.flops'
 convention); on the official list at width 1.0 / 224 px the ratio is 1.876.
@@ -239,8 +239,8 @@ def score_tree(model: SuperNet, widths_list: Sequence[Widths], calib: list[paddl
     Equal to scoring.score_widths (calibrate_bn then evaluate) for each subnet up to float
     rounding. fast=False walks the trie with the supernet's own layers batch by batch (exactly
     calibrate_bn's and evaluate's operations); fast=True (_FastEngine) stacks all images and
-    computes convolutions with track1.conv's fast mode. Results come in depth-first order of the trie
-    (sorted children), not in list order. BN momentum and every layer's training flag are
+    computes convolutions with track1.conv's fast mode. Results come in depth-first order of the
+    trie (sorted children), not in list order. BN momentum and every layer's training flag are
     restored when the iterator is exhausted or closed; BN buffers are left as the last
     calibration wrote them (fast=False) or untouched (fast=True). A `timings` dict receives the
     wall seconds spent in the stem, stage1..stage4 and head (for profiling and extrapolation).

@@ -4,8 +4,8 @@ Each scores the plain network `ResNet(widths, space, act)` right after `paddle.s
 caller-supplied batch (x, y) where it needs data; `compute` is the entry point. Convolutions run in
 track1.conv's fast mode (oneDNN on the CPU; equal to stock to float rounding), except in grasp,
 whose Hessian-vector product needs the stock kernel's double backward (synflow's float64 runs stock
-by itself). Lists, settings and
-input batches: track1/proxy_runs.py; ensembles and the RD-NAS teacher: track1/teacher.py.
+by itself). Lists, settings and input batches: track1/proxy_runs.py; ensembles and the RD-NAS
+teacher: track1/teacher.py.
 """
 from __future__ import annotations
 
