@@ -10,7 +10,9 @@ import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 import pytest  # noqa: E402
 
-from track1.layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, leading  # noqa: E402
+from track1 import onednn  # noqa: E402
+from track1.layers import (DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act,  # noqa: E402
+                           leading)
 from track1.space import SearchSpace  # noqa: E402
 from track1.supernet import SuperNet  # noqa: E402
 
@@ -134,6 +136,85 @@ def test_bn_train_updates_only_leading_channels_like_batchnorm2d(stride_on, c):
             np.testing.assert_allclose(g[:c], getattr(ref, name).grad.numpy(), rtol=1e-5, atol=1e-5)
             assert np.all(g[c:] == 0)
         np.testing.assert_allclose(x.grad.numpy(), x_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, steps=2):
+    """Two training steps of relu?(bn(conv(x, o))) on one (seeded) conv + BN pair with sliced
+    widths: outputs, then every gradient (accumulated over the steps) and running statistic."""
+    k, s, p = k_s_p
+    paddle.seed(7)
+    conv, bn = DynamicConv2D(full[1], full[0], k, s, p, mode), DynamicBatchNorm2D(full[0], momentum=0.7)
+    with paddle.no_grad():  # not 1 and 0: the scale and shift must reach the maths
+        bn.weight.set_value(_rand(full[0], seed=8) * 0.5 + 1)
+        bn.bias.set_value(_rand(full[0], seed=9))
+        bn._mean.set_value(_rand(full[0], seed=10))
+    x = paddle.to_tensor(x_np, stop_gradient=not x_grad)
+    got = []
+    for step in range(steps):
+        y = conv_bn_act(conv, bn, x, o, relu)
+        node = y.grad_fn.name()
+        (y * _rand(*y.shape, seed=20 + step)).sum().backward()
+        got.append(y.numpy())
+    got += [conv.weight.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+            bn._mean.numpy(), bn._variance.numpy()]
+    return got + [x.grad.numpy() if x_grad else None], node
+
+
+# (batch, in channels of x, full weight [O, C], o, kernel, stride, padding, relu, x needs grad)
+CONV_BN_SHAPES = [
+    (3, 3, (16, 3), 12, 7, 2, 3, True, False),   # the stem on an image batch
+    (4, 24, (32, 32), 24, 3, 1, 1, True, True),  # conv1 of a block, sliced in and out
+    (4, 24, (40, 32), 40, 3, 2, 1, False, True),  # conv2 / stride 2, full out
+    (2, 16, (32, 16), 20, 1, 2, 0, False, True),  # a projection shortcut
+    (3, 40, (48, 48), 48, 3, 1, 1, True, True),   # full widths, 5x5 map (odd)
+]
+
+
+@pytest.mark.parametrize("n,c,full,o,k,s,p,relu,x_grad", CONV_BN_SHAPES)
+def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, full, o, k, s, p, relu, x_grad):
+    h = 32 if k == 7 else 5 if c == 40 else 8
+    x_np = np.random.default_rng(c + o).standard_normal((n, c, h, h)).astype("float32")
+    fast, node = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad)
+    assert node == "GradNodePyLayer__OneDNNConvBN"
+    stock, node = _conv_bn_run("stock", x_np, full, o, (k, s, p), relu, x_grad)
+    assert node != "GradNodePyLayer__OneDNNConvBN"
+    names = ["output 1", "output 2", "weight grad", "gamma grad", "beta grad", "running mean",
+             "running var", "input grad"]
+    for name, a, b in zip(names, fast, stock):
+        if b is None:
+            assert a is None, name
+            continue
+        err = np.abs(a - b).max() / np.abs(b).max()
+        assert err <= 1e-5, f"{name}: relative error {err:.2e}"
+    weight_grad, gamma_grad, beta_grad, mean, var = fast[2:7]
+    # Gradients land in the used block only; the running statistics move in the o channels only.
+    assert np.abs(weight_grad[:o, :c]).max() > 0 and np.abs(gamma_grad[:o]).max() > 0
+    assert np.all(weight_grad[o:] == 0) and np.all(weight_grad[:, c:] == 0)
+    assert np.all(gamma_grad[o:] == 0) and np.all(beta_grad[o:] == 0)
+    init_mean = _rand(full[0], seed=10).numpy()
+    assert np.abs(mean[:o] - init_mean[:o]).min() > 0 and np.abs(var[:o] - 1).min() > 0
+    np.testing.assert_array_equal(mean[o:], init_mean[o:])
+    np.testing.assert_array_equal(var[o:], np.ones(full[0] - o, dtype="float32"))
+
+
+def test_fused_conv_bn_only_in_a_fast_training_step():
+    conv, bn = DynamicConv2D(8, 8, 3, 1, 1, "fast"), DynamicBatchNorm2D(8)
+    x = _rand(2, 8, 4, 4)
+    x.stop_gradient = False
+    y = conv_bn_act(conv, bn, x, 8, True)
+    assert y.grad_fn.name() == "GradNodePyLayer__OneDNNConvBN"
+    y.sum().backward()
+    with paddle.no_grad():  # e.g. BN re-calibration: train mode, no autograd node
+        y = conv_bn_act(conv, bn, x, 8, True)
+    np.testing.assert_allclose(y.numpy(), F.relu(bn(conv(x, 8))).numpy(), rtol=1e-5, atol=1e-5)
+    bn.eval()
+    assert conv_bn_act(conv, bn, x, 8, True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
+    bn.train()
+    stock = DynamicConv2D(8, 8, 3, 1, 1, "stock")
+    assert conv_bn_act(stock, bn, x, 8, True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
+    plan = onednn.conv_bn_plan(x.shape, conv.weight.shape, 8, 1, 1, True, bn.epsilon)
+    names = plan.impl_names()  # forward and backward ran above
+    assert len(names) == 5 and all(n and "ref" not in n for n in names), names
 
 
 def test_bn_default_momentum_matches_batchnorm2d_default():

@@ -44,6 +44,42 @@ class _OneDNNConv(PyLayer):
         return dx, dw
 
 
+class _OneDNNConvBN(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, bn, out_channels, stride, padding, relu):
+        plan = onednn.conv_bn_plan(x.shape, weight.shape, out_channels, stride, padding, relu,
+                                   float(bn.epsilon))
+        y, saved = plan.forward(x, weight, gamma, beta, bn._mean, bn._variance, float(bn.momentum))
+        ctx.plan, ctx.relu = plan, relu
+        ctx.need = (not x.stop_gradient, not weight.stop_gradient,
+                    not (gamma.stop_gradient and beta.stop_gradient))
+        ctx.save_for_backward(weight, gamma, *saved[:4], *([saved[4]] if relu else []))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, gamma, *saved = ctx.saved_tensor()
+        if not ctx.relu:
+            saved.append(None)
+        dx, dw, dgamma, dbeta = ctx.plan.backward(dy, saved, weight, gamma, *ctx.need)
+        return dx, dw, dgamma, dbeta
+
+
+def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, bn, out_channels: int, stride: int,
+            padding: int, relu: bool) -> paddle.Tensor:
+    """relu?(bn(conv2d(x, weight[:out_channels, :x.shape[1]]))) for a training step, as one oneDNN
+    pass (forward, and one backward node), the conv output kept in oneDNN's layout for the batch
+    norm. `bn` is a track1.layers.DynamicBatchNorm2D in training mode: batch statistics, its leading
+    running statistics updated in place. The caller checks `fuses(x, bn)` first."""
+    return _OneDNNConvBN.apply(x, weight, bn.weight, bn.bias, bn, out_channels, stride, padding, relu)
+
+
+def fuses(x: paddle.Tensor, bn) -> bool:
+    """Whether conv_bn can take this step: a training-mode batch norm with gradients on (the
+    fused node is a training step's) and an input oneDNN runs."""
+    return bn.training and paddle.is_grad_enabled() and uses_onednn(x)
+
+
 def uses_onednn(x: paddle.Tensor) -> bool:
     """Whether the fast mode runs this input through oneDNN."""
     global _warned

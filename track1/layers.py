@@ -5,7 +5,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .conv import MODES, conv2d
+from .conv import MODES, conv2d, conv_bn, fuses
 
 
 def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
@@ -46,6 +46,16 @@ class DynamicConv2D(nn.Layer):
         in_channels = x.shape[1]
         weight = leading(self.weight, (out_channels, in_channels))
         return conv2d(x, weight, self.stride, self.padding, self.conv)
+
+
+def conv_bn_act(conv: "DynamicConv2D", bn: "DynamicBatchNorm2D", x: paddle.Tensor,
+                out_channels: int, relu: bool) -> paddle.Tensor:
+    """relu?(bn(conv(x, out_channels))): one fused oneDNN node in a fast-conv training step
+    (track1.conv.conv_bn), the three layers one after the other anywhere else."""
+    if conv.conv == "fast" and fuses(x, bn):
+        return conv_bn(x, conv.weight, bn, out_channels, conv.stride, conv.padding, relu)
+    y = bn(conv(x, out_channels))
+    return F.relu(y) if relu else y
 
 
 class DynamicBatchNorm2D(nn.Layer):

@@ -25,13 +25,17 @@ import numpy as np
 import paddle
 
 # oneDNN 3.x C API constants (dnnl_types.h, dnnl_common_types.h).
-_F32, _TAG_ANY, _TAG_ABCD, _ENGINE_CPU, _STREAM_IN_ORDER = 3, 1, 5, 1, 1
-_FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
+_F32, _TAG_ANY, _TAG_A, _TAG_ABCD, _ENGINE_CPU, _STREAM_IN_ORDER = 3, 1, 2, 5, 1, 1
+_FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
 _CONV_DIRECT = 1
+_BN_SCALE, _BN_SHIFT, _BN_RELU = 0x2, 0x4, 0x8  # dnnl_normalization_flags_t
 _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = 129, 130, 131, 132, 133, 134
+_Q_WORKSPACE = 135
 _Q_IMPL_INFO = 8
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS = 1, 17, 33
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 129, 145, 161
+_ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT, _ARG_WORKSPACE = 49, 50, 51, 52, 64
+_ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = 255, 256
 
 _vp = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
@@ -54,6 +58,8 @@ _SIGNATURES = {
     "dnnl_stream_create": (ctypes.c_int, [_P(_vp), _vp, ctypes.c_uint]),
     "dnnl_memory_desc_create_with_tag": (ctypes.c_int, [_P(_vp), ctypes.c_int, _Dims, ctypes.c_int,
                                                         ctypes.c_int]),
+    "dnnl_memory_desc_create_with_strides": (ctypes.c_int, [_P(_vp), ctypes.c_int, _Dims, ctypes.c_int,
+                                                           _Dims]),
     "dnnl_memory_desc_equal": (ctypes.c_int, [_vp, _vp]),
     "dnnl_memory_desc_get_size": (ctypes.c_size_t, [_vp]),
     "dnnl_memory_desc_destroy": (ctypes.c_int, [_vp]),
@@ -69,6 +75,11 @@ _SIGNATURES = {
     "dnnl_convolution_backward_weights_primitive_desc_create": (
         ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, _vp, _vp, _Dims, _Dims, _Dims, _Dims,
                        _vp, _vp]),
+    "dnnl_batch_normalization_forward_primitive_desc_create": (
+        ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, ctypes.c_float, ctypes.c_uint, _vp]),
+    "dnnl_batch_normalization_backward_primitive_desc_create": (
+        ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_float, ctypes.c_uint, _vp,
+                       _vp]),
     "dnnl_reorder_primitive_desc_create": (ctypes.c_int, [_P(_vp), _vp, _vp, _vp, _vp, _vp]),
     "dnnl_primitive_desc_query_md": (_vp, [_vp, ctypes.c_int, ctypes.c_int]),
     "dnnl_primitive_desc_query": (ctypes.c_int, [_vp, ctypes.c_int, ctypes.c_int, _vp]),
@@ -98,6 +109,8 @@ class _Library:
         self.engine, self.stream = _vp(), _vp()
         self.call("dnnl_engine_create", ctypes.byref(self.engine), _ENGINE_CPU, 0)
         self.call("dnnl_stream_create", ctypes.byref(self.stream), self.engine, _STREAM_IN_ORDER)
+        self._execute = self.dll.dnnl_primitive_execute
+        self.set_handle = self.dll.dnnl_memory_set_data_handle
 
     def call(self, name: str, *args) -> None:
         status = getattr(self.dll, name)(*args)
@@ -115,9 +128,11 @@ class _Library:
     def memory(self, md) -> _vp:
         return self.new("dnnl_memory_create", md, self.engine, None)  # handle set per call
 
-    def execute(self, primitive: _vp, args: list[tuple[int, _vp]]) -> None:
-        packed = (_Arg * len(args))(*[_Arg(a, m) for a, m in args])
-        self.call("dnnl_primitive_execute", primitive, self.stream, len(args), packed)
+    def run(self, primitive: _vp, nargs: int, args) -> None:
+        """Execute a primitive on its packed (_Arg * nargs) arguments: the per-call hot path."""
+        status = self._execute(primitive, self.stream, nargs, args)
+        if status != 0:
+            raise OneDNNError(f"dnnl_primitive_execute failed with oneDNN status {status}")
 
     def impl_name(self, pd: _vp) -> str:
         name = ctypes.c_char_p()
@@ -171,54 +186,22 @@ class _Scratch:
         return self.ptr
 
 
-_SCRATCH = (_Scratch(), _Scratch(), _Scratch())  # one per primitive argument position
+# Process-wide scratch buffers for oneDNN-layout copies, by role: calls run one at a time, and
+# within a call the copies that are alive together use different buffers.
+_S_X, _S_W, _S_Y, _S_DZ, _S_TMP = (_Scratch() for _ in range(5))
 
 
-class _Operand:
-    """One primitive argument: Paddle's plain NCHW/OIHW tensor, and the layout the primitive wants
-    (the same, or a blocked one reached by a reorder through a scratch buffer)."""
+def _empty(shape: list[int]) -> paddle.Tensor:
+    """An uninitialised float32 CPU tensor (the op itself: paddle.empty's argument checks cost
+    as much again)."""
+    return paddle._C_ops.empty(shape, paddle.float32, _CPU)
 
-    def __init__(self, lib: _Library, plain_md: _vp, pd: _vp, query: int, position: int):
-        self.lib, self.scratch = lib, _SCRATCH[position]
-        want = lib.dll.dnnl_primitive_desc_query_md(pd, query, 0)
-        self.plain = lib.memory(plain_md)
-        self.blocked = None
-        if not lib.dll.dnnl_memory_desc_equal(want, plain_md):
-            self.blocked = lib.memory(want)
-            self.nbytes = int(lib.dll.dnnl_memory_desc_get_size(want))
-            self.to_blocked = self._reorder(plain_md, want)
-            self.to_plain = self._reorder(want, plain_md)
-        self.memory = self.plain if self.blocked is None else self.blocked
 
-    def _reorder(self, src, dst) -> _vp:
-        pd = self.lib.new("dnnl_reorder_primitive_desc_create", src, self.lib.engine, dst,
-                          self.lib.engine, None)
-        try:
-            return self.lib.new("dnnl_primitive_create", pd)
-        finally:
-            self.lib.call("dnnl_primitive_desc_destroy", pd)
+def _zeros(shape: list[int]) -> paddle.Tensor:
+    return paddle._C_ops.full(shape, 0.0, paddle.float32, _CPU)
 
-    def bind(self, ptr: int, load: bool) -> None:
-        """Point `memory` at Paddle's tensor (through the scratch buffer when blocked); `load`
-        copies the tensor's data in."""
-        self.lib.dll.dnnl_memory_set_data_handle(self.plain, _vp(ptr))
-        if self.blocked is not None:
-            self.lib.dll.dnnl_memory_set_data_handle(self.blocked, _vp(self.scratch.get(self.nbytes)))
-            if load:
-                self.lib.execute(self.to_blocked, [(_ARG_SRC, self.plain), (_ARG_DST, self.blocked)])
 
-    def store(self) -> None:
-        """After a primitive wrote the blocked memory: copy it back to Paddle's tensor."""
-        if self.blocked is not None:
-            self.lib.execute(self.to_plain, [(_ARG_SRC, self.blocked), (_ARG_DST, self.plain)])
-
-    def close(self) -> None:
-        for m in (self.plain, self.blocked):
-            if m is not None:
-                self.lib.call("dnnl_memory_destroy", m)
-        if self.blocked is not None:
-            self.lib.call("dnnl_primitive_destroy", self.to_blocked)
-            self.lib.call("dnnl_primitive_destroy", self.to_plain)
+_CPU = paddle.CPUPlace()
 
 
 def _contiguous(t: paddle.Tensor) -> paddle.Tensor:
@@ -228,102 +211,366 @@ def _contiguous(t: paddle.Tensor) -> paddle.Tensor:
     return t if t.is_contiguous() else paddle.assign(t)
 
 
-class ConvPlan:
-    """The convolution of an [N, C, H, W] batch by an [O, C, k, k] kernel (stride s, padding p,
-    no bias), as oneDNN primitives; backward primitives are built on first use."""
+def _floats(ptr: int, n: int) -> np.ndarray:
+    """A numpy view of n float32 values at ptr (a Paddle CPU tensor's memory)."""
+    return np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr))
 
-    def __init__(self, lib: _Library, n: int, c: int, h: int, w: int, o: int, k: int, s: int,
-                 p: int, training: bool):
-        self.lib = lib
+
+class _Mem:
+    """A oneDNN memory object of one layout; `point` re-targets it (skipped when unchanged)."""
+
+    def __init__(self, lib: _Library, md):
+        self.lib, self.md, self.ptr = lib, md, None
+        self.handle = lib.memory(md)
+        self.nbytes = int(lib.dll.dnnl_memory_desc_get_size(md))
+
+    def point(self, ptr: int) -> None:
+        if ptr != self.ptr:
+            self.lib.set_handle(self.handle, ptr)
+            self.ptr = ptr
+
+    def tensor(self) -> paddle.Tensor:
+        """A new Paddle tensor (float32 words) that holds this memory, pointed at."""
+        t = _empty([(self.nbytes + 3) // 4])
+        self.point(t.data_ptr())
+        return t
+
+
+class _Prim:
+    """A primitive and its argument list, packed once: a call only re-points the memories."""
+
+    def __init__(self, lib: _Library, pd, args: list[tuple[int, _Mem]]):
+        self.lib, self.n = lib, len(args)
+        self.handle = lib.new("dnnl_primitive_create", pd)
+        self.name = lib.impl_name(pd)
+        self.args = (_Arg * len(args))(*[_Arg(a, m.handle) for a, m in args])
+
+    def run(self) -> None:
+        self.lib.run(self.handle, self.n, self.args)
+
+
+class _Plan:
+    """What a plan of primitives shares: descriptors it owns, the oneDNN-layout copies of Paddle's
+    plain tensors (`_into`, `_outof`, `_via`) and their release."""
+
+    def __init__(self, lib: _Library, x_shape, w_dims, s: int, p: int):
+        n, c, h, w = x_shape
+        o, _, k, _ = w_dims
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        self.x_shape, self.w_shape, self.y_shape = [n, c, h, w], [o, c, k, k], [n, o, ho, wo]
-        self._mds = [lib.desc(d, _TAG_ABCD) for d in (self.x_shape, self.w_shape, self.y_shape)]
-        self._any = [lib.desc(d, _TAG_ANY) for d in (self.x_shape, self.w_shape, self.y_shape)]
+        self.lib = lib
+        self.x_shape, self.y_shape = [n, c, h, w], [n, o, ho, wo]
+        self._mds, self._pds = [], []
+        self._any = [self._owned(lib.desc(d, _TAG_ANY)) for d in (self.x_shape, w_dims, self.y_shape)]
         # oneDNN's padding_r makes the output size exact; its dilation 0 means none.
         self._geometry = (_Dims(s, s), _Dims(0, 0), _Dims(p, p),
                           _Dims((ho - 1) * s + k - h - p, (wo - 1) * s + k - w - p))
-        prop = _FORWARD_TRAINING if training else _FORWARD_INFERENCE
-        x_any, w_any, y_any = self._any
-        self._fwd_pd = lib.new("dnnl_convolution_forward_primitive_desc_create", lib.engine, prop,
-                               _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, None)
-        self._fwd = self._primitive(self._fwd_pd, (_Q_SRC, _Q_WEIGHTS, _Q_DST),
-                                    (_ARG_SRC, _ARG_WEIGHTS, _ARG_DST))
-        self._bwd_data = self._bwd_weights = None
 
-    def _primitive(self, pd: _vp, queries: tuple[int, int, int], arg_ids: tuple[int, int, int]):
-        operands = [_Operand(self.lib, md, pd, q, i) for i, (md, q) in enumerate(zip(self._mds, queries))]
-        args = (_Arg * 3)(*[_Arg(a, op.memory) for a, op in zip(arg_ids, operands)])
-        return self.lib.new("dnnl_primitive_create", pd), operands, self.lib.impl_name(pd), args
+    def _owned(self, md):
+        self._mds.append(md)
+        return md
+
+    def _pd(self, fn: str, *args) -> _vp:
+        pd = self.lib.new(fn, *args)
+        self._pds.append(pd)
+        return pd
+
+    def _conv_pd(self, kind: str, *args) -> _vp:
+        x_any, w_any, y_any = self._any
+        lib = self.lib
+        if kind == "forward":
+            return self._pd("dnnl_convolution_forward_primitive_desc_create", lib.engine, args[0],
+                            _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, None)
+        if kind == "data":
+            return self._pd("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
+                            _CONV_DIRECT, x_any, w_any, y_any, *self._geometry, args[0], None)
+        return self._pd("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
+                        _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, args[0], None)
+
+    def _query(self, pd, what: int):
+        return self.lib.dll.dnnl_primitive_desc_query_md(pd, what, 0)
+
+    def _reorder(self, src: _Mem, dst: _Mem) -> _Prim:
+        pd = self._pd("dnnl_reorder_primitive_desc_create", src.md, self.lib.engine, dst.md,
+                      self.lib.engine, None)
+        return _Prim(self.lib, pd, [(_ARG_SRC, src), (_ARG_DST, dst)])
+
+    def _into(self, src: _Mem, want) -> tuple[_Mem, _Prim | None]:
+        """The memory a primitive reads: `src` itself, or a `want`-layout copy and its reorder."""
+        if self.lib.dll.dnnl_memory_desc_equal(want, src.md):
+            return src, None
+        dst = _Mem(self.lib, want)
+        return dst, self._reorder(src, dst)
+
+    def _outof(self, dst: _Mem, have) -> tuple[_Mem, _Prim | None]:
+        """The memory a primitive writes: `dst` itself, or a `have`-layout one and its reorder."""
+        if self.lib.dll.dnnl_memory_desc_equal(have, dst.md):
+            return dst, None
+        src = _Mem(self.lib, have)
+        return src, self._reorder(src, dst)
+
+    @staticmethod
+    def _via(mem: _Mem, reorder: _Prim | None, scratch: _Scratch) -> None:
+        """Fill `mem`, a copy in a scratch buffer, by its reorder (nothing when there is none)."""
+        if reorder is not None:
+            mem.point(scratch.get(mem.nbytes))
+            reorder.run()
+
+    @staticmethod
+    def _write(mem: _Mem, store: _Prim | None, scratch: _Scratch, run: _Prim) -> None:
+        """Run a primitive whose output `mem` is a scratch copy when `store` exists, then store it."""
+        if store is not None:
+            mem.point(scratch.get(mem.nbytes))
+        run.run()
+        if store is not None:
+            store.run()
 
     def impl_names(self) -> list[str]:
-        return [prim[2] for prim in (self._fwd, self._bwd_data, self._bwd_weights) if prim]
-
-    def _run(self, prim, tensors: list, out_index: int):
-        """Execute on (x-like, w-like, y-like) tensors; the one at out_index is written."""
-        primitive, operands, _, args = prim
-        for i, (op, t) in enumerate(zip(operands, tensors)):
-            op.bind(t.data_ptr(), load=i != out_index)
-        self.lib.call("dnnl_primitive_execute", primitive, self.lib.stream, 3, args)
-        operands[out_index].store()
-
-    def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        y = paddle.empty(self.y_shape, dtype="float32")
-        self._run(self._fwd, [_contiguous(x), _contiguous(weight), y], 2)
-        return y
-
-    def backward_data(self, dy: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        if self._bwd_data is None:
-            x_any, w_any, y_any = self._any
-            pd = self.lib.new("dnnl_convolution_backward_data_primitive_desc_create", self.lib.engine,
-                              _CONV_DIRECT, x_any, w_any, y_any, *self._geometry, self._fwd_pd, None)
-            self._bwd_data = self._primitive(pd, (_Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_DST),
-                                             (_ARG_DIFF_SRC, _ARG_WEIGHTS, _ARG_DIFF_DST))
-            self.lib.call("dnnl_primitive_desc_destroy", pd)
-        dx = paddle.empty(self.x_shape, dtype="float32")
-        self._run(self._bwd_data, [dx, _contiguous(weight), _contiguous(dy)], 0)
-        return dx
-
-    def backward_weights(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
-        if self._bwd_weights is None:
-            x_any, w_any, y_any = self._any
-            pd = self.lib.new("dnnl_convolution_backward_weights_primitive_desc_create",
-                              self.lib.engine, _CONV_DIRECT, x_any, w_any, None, y_any,
-                              *self._geometry, self._fwd_pd, None)
-            self._bwd_weights = self._primitive(pd, (_Q_SRC, _Q_DIFF_WEIGHTS, _Q_DIFF_DST),
-                                                (_ARG_SRC, _ARG_DIFF_WEIGHTS, _ARG_DIFF_DST))
-            self.lib.call("dnnl_primitive_desc_destroy", pd)
-        dw = paddle.empty(self.w_shape, dtype="float32")
-        self._run(self._bwd_weights, [_contiguous(x), dw, _contiguous(dy)], 1)
-        return dw
+        return [p.name for p in self._compute]
 
     def close(self) -> None:
-        for prim in (self._fwd, self._bwd_data, self._bwd_weights):
-            if prim:
-                self.lib.call("dnnl_primitive_destroy", prim[0])
-                for op in prim[1]:
-                    op.close()
-        self.lib.call("dnnl_primitive_desc_destroy", self._fwd_pd)
-        for md in self._mds + self._any:
+        for obj in list(vars(self).values()):
+            if isinstance(obj, _Prim):
+                self.lib.call("dnnl_primitive_destroy", obj.handle)
+        for obj in {id(o): o for o in vars(self).values() if isinstance(o, _Mem)}.values():
+            self.lib.call("dnnl_memory_destroy", obj.handle)
+        for pd in self._pds:
+            self.lib.call("dnnl_primitive_desc_destroy", pd)
+        for md in self._mds:
             self.lib.call("dnnl_memory_desc_destroy", md)
 
 
-_PLANS: OrderedDict[tuple, ConvPlan] = OrderedDict()
+class ConvPlan(_Plan):
+    """The convolution of an [N, C, H, W] batch by an [O, C, k, k] kernel (stride s, padding p,
+    no bias), as oneDNN primitives; backward primitives are built on first use."""
+
+    def __init__(self, lib: _Library, x_shape, w_shape, s: int, p: int, training: bool):
+        super().__init__(lib, x_shape, w_shape, s, p)
+        self.w_shape = list(w_shape)
+        x_md, w_md, y_md = (self._owned(lib.desc(d, _TAG_ABCD))
+                            for d in (self.x_shape, self.w_shape, self.y_shape))
+        self.x, self.w, self.y = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
+        self.dx, self.dw, self.dy = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
+        fwd = self._fwd_pd = self._conv_pd(
+            "forward", _FORWARD_TRAINING if training else _FORWARD_INFERENCE)
+        self.xc, self.load_x = self._into(self.x, self._query(fwd, _Q_SRC))
+        self.wc, self.load_w = self._into(self.w, self._query(fwd, _Q_WEIGHTS))
+        self.yc, self.store_y = self._outof(self.y, self._query(fwd, _Q_DST))
+        self.fwd = _Prim(lib, fwd, [(_ARG_SRC, self.xc), (_ARG_WEIGHTS, self.wc), (_ARG_DST, self.yc)])
+        self.data = self.weights = None
+        self._compute = [self.fwd]
+
+    # Each tensor is bound to a name for the whole call: a temporary contiguous copy would be
+    # freed as soon as its pointer is taken.
+    def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+        x, weight = _contiguous(x), _contiguous(weight)
+        self.x.point(x.data_ptr())
+        self._via(self.xc, self.load_x, _S_X)
+        self.w.point(weight.data_ptr())
+        self._via(self.wc, self.load_w, _S_W)
+        y = _empty(self.y_shape)
+        self.y.point(y.data_ptr())
+        self._write(self.yc, self.store_y, _S_Y, self.fwd)
+        return y
+
+    def backward_data(self, dy: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+        if self.data is None:
+            pd = self._conv_pd("data", self._fwd_pd)
+            self.dyd, self.load_dyd = self._into(self.dy, self._query(pd, _Q_DIFF_DST))
+            self.wd, self.load_wd = self._into(self.w, self._query(pd, _Q_WEIGHTS))
+            self.dxc, self.store_dx = self._outof(self.dx, self._query(pd, _Q_DIFF_SRC))
+            self.data = _Prim(self.lib, pd, [(_ARG_DIFF_DST, self.dyd), (_ARG_WEIGHTS, self.wd),
+                                             (_ARG_DIFF_SRC, self.dxc)])
+            self._compute.append(self.data)
+        dy, weight = _contiguous(dy), _contiguous(weight)
+        self.dy.point(dy.data_ptr())
+        self._via(self.dyd, self.load_dyd, _S_Y)
+        self.w.point(weight.data_ptr())
+        self._via(self.wd, self.load_wd, _S_W)
+        dx = _empty(self.x_shape)
+        self.dx.point(dx.data_ptr())
+        self._write(self.dxc, self.store_dx, _S_X, self.data)
+        return dx
+
+    def backward_weights(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
+        if self.weights is None:
+            pd = self._conv_pd("weights", self._fwd_pd)
+            self.xw, self.load_xw = self._into(self.x, self._query(pd, _Q_SRC))
+            self.dyw, self.load_dyw = self._into(self.dy, self._query(pd, _Q_DIFF_DST))
+            self.dwc, self.store_dw = self._outof(self.dw, self._query(pd, _Q_DIFF_WEIGHTS))
+            self.weights = _Prim(self.lib, pd, [(_ARG_SRC, self.xw), (_ARG_DIFF_DST, self.dyw),
+                                                (_ARG_DIFF_WEIGHTS, self.dwc)])
+            self._compute.append(self.weights)
+        x, dy = _contiguous(x), _contiguous(dy)
+        self.x.point(x.data_ptr())
+        self._via(self.xw, self.load_xw, _S_X)
+        self.dy.point(dy.data_ptr())
+        self._via(self.dyw, self.load_dyw, _S_Y)
+        dw = _empty(self.w_shape)
+        self.dw.point(dw.data_ptr())
+        self._write(self.dwc, self.store_dw, _S_W, self.weights)
+        return dw
+
+
+# conv -> batch norm (-> ReLU) of a training step, fused: the conv output stays in oneDNN's layout
+# for the batch norm (no reorder between them), the batch norm and its ReLU run as one oneDNN
+# primitive (threaded, unlike Paddle's CPU batch_norm), the weight's leading block is read and its
+# gradient written in place (no slicing ops), and one autograd node replaces the five to seven of
+# the layers one by one (weight and BN slices, conv, batch_norm, relu): on this small network the
+# per-op cost of dynamic mode is as large as the arithmetic.
+class ConvBNPlan(_Plan):
+    """relu?(batch_norm(conv(x, w[:o, :c]))) in training mode, forward and backward, for an
+    [N, c, H, W] batch and the leading [o, c] block of an [O, C, k, k] weight (stride s, padding p),
+    batch norm over the o channels with batch statistics (biased variance, as Paddle's)."""
+
+    def __init__(self, lib: _Library, x_shape, o: int, w_full, s: int, p: int, relu: bool,
+                 eps: float):
+        big_c, k = int(w_full[1]), int(w_full[2])
+        c = int(x_shape[1])
+        super().__init__(lib, x_shape, [o, c, k, k], s, p)
+        self.relu, self.eps, self.o, self.w_full = relu, eps, o, [int(d) for d in w_full]
+        x_md, y_md = (self._owned(lib.desc(d, _TAG_ABCD)) for d in (self.x_shape, self.y_shape))
+        w_md = self._owned(lib.new("dnnl_memory_desc_create_with_strides", 4, _Dims(o, c, k, k),
+                                   _F32, _Dims(big_c * k * k, k * k, k, 1)))
+        stat_md = self._owned(lib.desc([o], _TAG_A))
+        conv = self._conv_fwd = self._conv_pd("forward", _FORWARD_TRAINING)
+        z_md = self._z_md = self._query(conv, _Q_DST)
+        self.flags = _BN_SCALE | _BN_SHIFT | (_BN_RELU if relu else 0)
+        bn = self._bn_fwd = self._pd("dnnl_batch_normalization_forward_primitive_desc_create",
+                                     lib.engine, _FORWARD_TRAINING, z_md, z_md, eps, self.flags, None)
+        # Paddle's plain tensors (the weight: its leading block, in place), and the layouts the
+        # primitives read or write.
+        self.x, self.w, self.y = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
+        self.dx, self.dw, self.dy = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
+        self.mean, self.var, self.scale, self.shift, self.dscale, self.dshift = (
+            _Mem(lib, stat_md) for _ in range(6))
+        self.z = _Mem(lib, z_md)
+        self.xc, self.load_x = self._into(self.x, self._query(conv, _Q_SRC))
+        self.wc, self.load_w = self._into(self.w, self._query(conv, _Q_WEIGHTS))
+        self.yc, self.store_y = self._outof(self.y, self._query(bn, _Q_DST))
+        self.ws = _Mem(lib, self._query(bn, _Q_WORKSPACE)) if relu else None
+        self.conv = _Prim(lib, conv, [(_ARG_SRC, self.xc), (_ARG_WEIGHTS, self.wc), (_ARG_DST, self.z)])
+        self.bn = _Prim(lib, bn, [(_ARG_SRC, self.z), (_ARG_DST, self.yc), (_ARG_MEAN, self.mean),
+                                  (_ARG_VARIANCE, self.var), (_ARG_SCALE, self.scale),
+                                  (_ARG_SHIFT, self.shift)] + self._workspace())
+        self._compute = [self.conv, self.bn]
+
+    def _workspace(self) -> list[tuple[int, _Mem]]:
+        return [(_ARG_WORKSPACE, self.ws)] if self.relu else []
+
+    def _build_backward(self) -> None:
+        lib, z_md = self.lib, self._z_md
+        bn = self._pd("dnnl_batch_normalization_backward_primitive_desc_create", lib.engine,
+                      _BACKWARD, z_md, z_md, z_md, self.eps, self.flags, self._bn_fwd, None)
+        self.dyc, self.load_dy = self._into(self.dy, self._query(bn, _Q_DIFF_DST))
+        self.dz = _Mem(lib, self._query(bn, _Q_DIFF_SRC))
+        self.bn_bwd = _Prim(lib, bn, [
+            (_ARG_SRC, self.z), (_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var),
+            (_ARG_DIFF_DST, self.dyc), (_ARG_SCALE, self.scale), (_ARG_DIFF_SRC, self.dz),
+            (_ARG_DIFF_SCALE, self.dscale), (_ARG_DIFF_SHIFT, self.dshift)] + self._workspace())
+        data = self._conv_pd("data", self._conv_fwd)
+        self.dzd, self.dz_to_data = self._into(self.dz, self._query(data, _Q_DIFF_DST))
+        self.wd, self.load_wd = self._into(self.w, self._query(data, _Q_WEIGHTS))
+        self.dxc, self.store_dx = self._outof(self.dx, self._query(data, _Q_DIFF_SRC))
+        self.data = _Prim(lib, data, [(_ARG_DIFF_DST, self.dzd), (_ARG_WEIGHTS, self.wd),
+                                      (_ARG_DIFF_SRC, self.dxc)])
+        weights = self._conv_pd("weights", self._conv_fwd)
+        self.xw, self.load_xw = self._into(self.x, self._query(weights, _Q_SRC))
+        self.dzw, self.dz_to_weights = self._into(self.dz, self._query(weights, _Q_DIFF_DST))
+        self.dwc, self.store_dw = self._outof(self.dw, self._query(weights, _Q_DIFF_WEIGHTS))
+        self.weights = _Prim(lib, weights, [(_ARG_SRC, self.xw), (_ARG_DIFF_DST, self.dzw),
+                                            (_ARG_DIFF_WEIGHTS, self.dwc)])
+        self._compute += [self.bn_bwd, self.data, self.weights]
+
+    def forward(self, x, weight, gamma, beta, running_mean, running_var, momentum: float):
+        """y and the tensors backward needs. Updates the leading o running statistics in place
+        (running = momentum * running + (1 - momentum) * batch), as Paddle's batch_norm does."""
+        x, weight, gamma, beta = (_contiguous(t) for t in (x, weight, gamma, beta))
+        self.x.point(x.data_ptr())
+        self._via(self.xc, self.load_x, _S_X)
+        self.w.point(weight.data_ptr())
+        self._via(self.wc, self.load_w, _S_W)
+        z = self.z.tensor()
+        self.conv.run()
+        mean, var = self.mean.tensor(), self.var.tensor()
+        ws = self.ws.tensor() if self.relu else None
+        self.scale.point(gamma.data_ptr())
+        self.shift.point(beta.data_ptr())
+        y = _empty(self.y_shape)
+        self.y.point(y.data_ptr())
+        self._write(self.yc, self.store_y, _S_Y, self.bn)
+        for running, batch in ((running_mean, mean), (running_var, var)):
+            r = _floats(running.data_ptr(), self.o)
+            r *= np.float32(momentum)
+            r += _floats(batch.data_ptr(), self.o) * np.float32(1.0 - momentum)
+        return y, (x, z, mean, var, ws)
+
+    def backward(self, dy, saved, weight, gamma, need_dx: bool, need_dw: bool, need_bn: bool):
+        """(dx, d weight (full shape, zero outside the block), d gamma, d beta (full length))."""
+        if len(self._compute) == 2:
+            self._build_backward()
+        x, z, mean, var, ws = saved
+        dy, weight, gamma = _contiguous(dy), _contiguous(weight), _contiguous(gamma)
+        self.dy.point(dy.data_ptr())
+        self._via(self.dyc, self.load_dy, _S_Y)
+        for mem, t in ((self.z, z), (self.mean, mean), (self.var, var), (self.scale, gamma)):
+            mem.point(t.data_ptr())
+        if ws is not None:
+            self.ws.point(ws.data_ptr())
+        full = int(gamma.shape[0])
+        dgamma, dbeta = (_empty([full]) if full == self.o else _zeros([full]) for _ in range(2))
+        self.dscale.point(dgamma.data_ptr())
+        self.dshift.point(dbeta.data_ptr())
+        self.dz.point(_S_DZ.get(self.dz.nbytes))
+        self.bn_bwd.run()
+        dx = dw = None
+        if need_dx:
+            self.w.point(weight.data_ptr())
+            self._via(self.wd, self.load_wd, _S_W)
+            self._via(self.dzd, self.dz_to_data, _S_TMP)
+            dx = _empty(self.x_shape)
+            self.dx.point(dx.data_ptr())
+            self._write(self.dxc, self.store_dx, _S_X, self.data)
+        if need_dw:
+            self.x.point(x.data_ptr())
+            self._via(self.xw, self.load_xw, _S_X)
+            self._via(self.dzw, self.dz_to_weights, _S_TMP)
+            whole = self.w_full[:2] == self.y_shape[1:2] + self.x_shape[1:2]
+            dw = _empty(self.w_full) if whole else _zeros(self.w_full)
+            self.dw.point(dw.data_ptr())
+            self._write(self.dwc, self.store_dw, _S_Y, self.weights)
+        return dx, dw, (dgamma if need_bn else None), (dbeta if need_bn else None)
+
+
+_PLANS: OrderedDict[tuple, _Plan] = OrderedDict()
 MAX_PLANS = 2048  # a supernet's distinct shapes: widths x maps x batch sizes
 
 
-def plan(x_shape, w_shape, stride: int, padding: int, training: bool = True) -> ConvPlan:
-    """The cached plan for this shape (raises OneDNNError when oneDNN is unavailable)."""
+def _cached(key: tuple, build) -> _Plan:
     lib = _library()
     if lib is None:
         raise OneDNNError(f"oneDNN is unavailable: {_WHY_NOT}")
-    n, c, h, w = (int(d) for d in x_shape)
-    o, _, k, _ = (int(d) for d in w_shape)
-    key = (n, c, h, w, o, k, stride, padding, training)
     found = _PLANS.get(key)
     if found is not None:
         _PLANS.move_to_end(key)
         return found
-    found = _PLANS[key] = ConvPlan(lib, n, c, h, w, o, k, stride, padding, training)
+    found = _PLANS[key] = build(lib)
     while len(_PLANS) > MAX_PLANS:
         _PLANS.popitem(last=False)[1].close()
     return found
+
+
+def plan(x_shape, w_shape, stride: int, padding: int, training: bool = True) -> ConvPlan:
+    """The cached plan for this shape (raises OneDNNError when oneDNN is unavailable)."""
+    x_shape, w_shape = [int(d) for d in x_shape], [int(d) for d in w_shape]
+    key = (*x_shape, w_shape[0], w_shape[2], stride, padding, training)
+    return _cached(key, lambda lib: ConvPlan(lib, x_shape, w_shape, stride, padding, training))
+
+
+def conv_bn_plan(x_shape, w_shape, out_channels: int, stride: int, padding: int, relu: bool,
+                 eps: float) -> ConvBNPlan:
+    """The cached fused plan for this shape; w_shape is the whole weight's, of which the conv
+    uses the leading [out_channels, x_shape[1]] block (raises OneDNNError without oneDNN)."""
+    x_shape, w_shape = [int(d) for d in x_shape], [int(d) for d in w_shape]
+    key = ("conv_bn", *x_shape, *w_shape, out_channels, stride, padding, relu, eps)
+    return _cached(key, lambda lib: ConvBNPlan(lib, x_shape, out_channels, w_shape, stride,
+                                               padding, relu, eps))

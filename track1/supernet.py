@@ -8,7 +8,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .conv import Conv2D
-from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, make_activation
+from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act, make_activation
 from .space import Block, CodeError, SearchSpace, Widths, block_plan
 
 # The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
@@ -31,10 +31,10 @@ class DynamicBlock(nn.Layer):
         self.act = make_activation(act)
 
     def forward(self, x: paddle.Tensor, mid: int, c_out: int) -> paddle.Tensor:
-        y = F.relu(self.bn1(self.conv1(x, mid)))
-        y = self.bn2(self.conv2(y, c_out))
+        y = conv_bn_act(self.conv1, self.bn1, x, mid, relu=True)
+        y = conv_bn_act(self.conv2, self.bn2, y, c_out, relu=False)
         if self.projection:
-            x = self.shortcut_bn(self.shortcut_conv(x, c_out))
+            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, c_out, relu=False)
         elif x.shape[1] != c_out:
             raise CodeError(f"a block of {x.shape[1]} -> {c_out} channels needs a projection the "
                             f"supernet does not hold: the subnet is outside the official sub-space")
@@ -69,7 +69,7 @@ class SuperNet(nn.Layer):
         """
         if not isinstance(widths, Widths):
             return [self.forward(x, w) for w in widths]
-        x = F.relu(self.stem_bn(self.stem_conv(x, widths.stem)))
+        x = conv_bn_act(self.stem_conv, self.stem_bn, x, widths.stem, relu=True)
         x = F.max_pool2d(x, 3, 2, 1)
         for stage, pairs in enumerate(widths.blocks):
             for block, (mid, c_out) in zip(self.stages[stage], pairs):
