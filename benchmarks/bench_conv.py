@@ -5,7 +5,9 @@ weight gradients), for stock F.conv2d and the fast mode (oneDNN), interleaved ro
 medians reported, with the oneDNN kernels chosen.
 Steps: a sandwich step of the supernet (largest + smallest + one random subnet, forward +
 cross-entropy + backward + momentum update) at batch 64 and 256, and the static ResNet of one
-official code at batch 256, with train.conv stock and fast, interleaved. Each thread count runs in
+official code at batch 256, with train.conv stock and fast, interleaved; built as train and
+standalone build them (fuse_bn: with fast, each conv + BN (+ ReLU) is one oneDNN node; `--no-fuse`
+times the oneDNN conv alone). Each thread count runs in
 its own subprocess with OMP_NUM_THREADS set before paddle is imported.
 
     .venv/bin/python benchmarks/bench_conv.py [--threads 1,2] [--rounds N] [--part shapes,steps]
@@ -50,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds (median reported)")
     p.add_argument("--part", default="shapes,steps", help="comma list: shapes, steps")
     p.add_argument("--batches", default="64,256", help="batch sizes of the per-shape and supernet parts")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="steps: the oneDNN conv without the fused conv + BN node")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -111,7 +115,7 @@ def bench_steps(args, paddle, F) -> dict:
         y = paddle.to_tensor(rng.integers(0, 10, size=(batch,)).astype("int64"))
         for mode in ("stock", "fast"):
             paddle.seed(0)
-            net = SuperNet(space, conv=mode)
+            net = SuperNet(space, conv=mode, fuse_bn=not args.no_fuse)
             opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=net.parameters())
 
             def step(net=net, opt=opt, x=x, y=y):
@@ -125,7 +129,7 @@ def bench_steps(args, paddle, F) -> dict:
     y = paddle.to_tensor(rng.integers(0, 10, size=(batch,)).astype("int64"))
     for mode in ("stock", "fast"):
         paddle.seed(0)
-        net = ResNet(space.widths(code), space, conv=mode)
+        net = ResNet(space.widths(code), space, conv=mode, fuse_bn=not args.no_fuse)
         opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=net.parameters())
 
         def step(net=net, opt=opt):
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
                 env[var] = str(threads)
             out = os.path.join(tmp, f"{threads}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(threads), "--out", out,
-                   "--rounds", str(args.rounds), "--part", args.part, "--batches", args.batches]
+                   "--rounds", str(args.rounds), "--part", args.part, "--batches", args.batches,
+                   *(["--no-fuse"] if args.no_fuse else [])]
             rc = subprocess.call(cmd, env=env)
             if rc:
                 return rc

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         paddle.base.core.set_num_threads(threads)
     paddle.seed(0)
     space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
-    supernet = SuperNet(space, conv=args.conv)  # exported networks keep the conv mode
+    # As train builds it; exported networks keep the conv mode and the fused conv + BN.
+    supernet = SuperNet(space, conv=args.conv, fuse_bn=True)
     supernet.train()
 
     rng = np.random.default_rng(0)

@@ -245,3 +245,25 @@ def test_without_onednn_the_fast_mode_falls_back_to_stock_with_one_warning(monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, not on every call
         conv2d(x, w, 1, 1)
+
+
+@pytest.mark.parametrize("network", ["supernet", "static"])
+def test_fused_conv_bn_networks_match_the_float64_truth_like_stock(network, monkeypatch):
+    # fuse_bn (what train and standalone build): every conv + BN (+ ReLU) of the training step is
+    # one oneDNN node; the whole network's gradients stay as close to float64 as stock's.
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    widths = SPACE.widths(CODE)
+
+    class Subnet(paddle.nn.Layer):
+        def __init__(self, mode):
+            super().__init__()
+            self.net = SuperNet(SPACE, conv=mode, fuse_bn=True)
+
+        def forward(self, x):
+            return self.net(x, widths)
+    make = Subnet if network == "supernet" else (
+        lambda mode: ResNet(widths, SPACE, conv=mode, fuse_bn=True))
+    _check_network(make, 7)
+    fused = [key for key in onednn._PLANS if key[0] == "conv_bn"]
+    blocks = sum(len(stage) for stage in widths.blocks)
+    assert len(fused) >= blocks  # the stem, every block's two convs, the projections

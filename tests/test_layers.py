@@ -151,7 +151,7 @@ def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, steps=2):
     x = paddle.to_tensor(x_np, stop_gradient=not x_grad)
     got = []
     for step in range(steps):
-        y = conv_bn_act(conv, bn, x, o, relu)
+        y = conv_bn_act(conv, bn, x, relu, o, fuse=True)
         node = y.grad_fn.name()
         (y * _rand(*y.shape, seed=20 + step)).sum().backward()
         got.append(y.numpy())
@@ -201,17 +201,17 @@ def test_fused_conv_bn_only_in_a_fast_training_step():
     conv, bn = DynamicConv2D(8, 8, 3, 1, 1, "fast"), DynamicBatchNorm2D(8)
     x = _rand(2, 8, 4, 4)
     x.stop_gradient = False
-    y = conv_bn_act(conv, bn, x, 8, True)
+    y = conv_bn_act(conv, bn, x, True, 8, fuse=True)
     assert y.grad_fn.name() == "GradNodePyLayer__OneDNNConvBN"
     y.sum().backward()
     with paddle.no_grad():  # e.g. BN re-calibration: train mode, no autograd node
-        y = conv_bn_act(conv, bn, x, 8, True)
+        y = conv_bn_act(conv, bn, x, True, 8, fuse=True)
     np.testing.assert_allclose(y.numpy(), F.relu(bn(conv(x, 8))).numpy(), rtol=1e-5, atol=1e-5)
     bn.eval()
-    assert conv_bn_act(conv, bn, x, 8, True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
+    assert conv_bn_act(conv, bn, x, True, 8, fuse=True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
     bn.train()
     stock = DynamicConv2D(8, 8, 3, 1, 1, "stock")
-    assert conv_bn_act(stock, bn, x, 8, True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
+    assert conv_bn_act(stock, bn, x, True, 8, fuse=True).grad_fn.name() != "GradNodePyLayer__OneDNNConvBN"
     plan = onednn.conv_bn_plan(x.shape, conv.weight.shape, 8, 1, 1, True, bn.epsilon)
     names = plan.impl_names()  # forward and backward ran above
     assert len(names) == 5 and all(n and "ref" not in n for n in names), names

@@ -44,15 +44,24 @@ class _OneDNNConv(PyLayer):
         return dx, dw
 
 
+class RunningStats:
+    """A batch norm's running statistics and how a training step updates them (running =
+    momentum * running + (1 - momentum) * batch, biased variance: Paddle's rule); a plain object,
+    so that the PyLayer takes it as a constant."""
+
+    def __init__(self, mean: paddle.Tensor, variance: paddle.Tensor, momentum: float, epsilon: float):
+        self.mean, self.variance = mean, variance
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+
+
 class _OneDNNConvBN(PyLayer):
     @staticmethod
-    def forward(ctx, x, weight, gamma, beta, bn, out_channels, stride, padding, relu):
+    def forward(ctx, x, weight, gamma, beta, stats, out_channels, stride, padding, relu):
         plan = onednn.conv_bn_plan(x.shape, weight.shape, out_channels, stride, padding, relu,
-                                   float(bn.epsilon))
-        y, saved = plan.forward(x, weight, gamma, beta, bn._mean, bn._variance, float(bn.momentum))
+                                   stats.epsilon)
+        y, saved = plan.forward(x, weight, gamma, beta, stats.mean, stats.variance, stats.momentum)
         ctx.plan, ctx.relu = plan, relu
-        ctx.need = (not x.stop_gradient, not weight.stop_gradient,
-                    not (gamma.stop_gradient and beta.stop_gradient))
+        ctx.need = [not t.stop_gradient for t in (x, weight, gamma, beta)]
         ctx.save_for_backward(weight, gamma, *saved[:4], *([saved[4]] if relu else []))
         return y
 
@@ -65,19 +74,21 @@ class _OneDNNConvBN(PyLayer):
         return dx, dw, dgamma, dbeta
 
 
-def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, bn, out_channels: int, stride: int,
-            padding: int, relu: bool) -> paddle.Tensor:
-    """relu?(bn(conv2d(x, weight[:out_channels, :x.shape[1]]))) for a training step, as one oneDNN
-    pass (forward, and one backward node), the conv output kept in oneDNN's layout for the batch
-    norm. `bn` is a track1.layers.DynamicBatchNorm2D in training mode: batch statistics, its leading
-    running statistics updated in place. The caller checks `fuses(x, bn)` first."""
-    return _OneDNNConvBN.apply(x, weight, bn.weight, bn.bias, bn, out_channels, stride, padding, relu)
+def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, gamma: paddle.Tensor, beta: paddle.Tensor,
+            stats: RunningStats, out_channels: int, stride: int, padding: int,
+            relu: bool) -> paddle.Tensor:
+    """relu?(batch_norm(conv2d(x, weight[:out_channels, :x.shape[1]]), gamma[:out_channels],
+    beta[:out_channels])) with batch statistics, for a training step: one oneDNN pass (forward, and
+    one backward node), the conv output kept in oneDNN's layout for the batch norm, the leading
+    running statistics updated in place. Differentiable in x, weight, gamma and beta; the caller
+    checks `fuses(x)` first (track1.layers.conv_bn_act)."""
+    return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding, relu)
 
 
-def fuses(x: paddle.Tensor, bn) -> bool:
-    """Whether conv_bn can take this step: a training-mode batch norm with gradients on (the
-    fused node is a training step's) and an input oneDNN runs."""
-    return bn.training and paddle.is_grad_enabled() and uses_onednn(x)
+def fuses(x: paddle.Tensor) -> bool:
+    """Whether conv_bn can take this input now: gradients on (the fused node is a training
+    step's) and a tensor oneDNN runs."""
+    return paddle.is_grad_enabled() and uses_onednn(x)
 
 
 def uses_onednn(x: paddle.Tensor) -> bool:

@@ -86,7 +86,7 @@ def grasp_logits(net: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
     replace_layers(net, nn.BatchNorm2D, _BatchNormDoubleBackward)
     replace_layers(net, nn.PReLU, _PReLUDoubleBackward)
     replace_layers(net, nn.Mish, lambda m: _MishDoubleBackward())
-    x = _max_pool_double_backward(net.stem_relu(net.stem_bn(net.stem_conv(x))), net.pool)
+    x = _max_pool_double_backward(F.relu(net.stem_bn(net.stem_conv(x))), net.pool)
     for stage in net.stages:
         for block in stage:
             x = block(x)

@@ -5,7 +5,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .conv import MODES, conv2d, conv_bn, fuses
+from .conv import MODES, RunningStats, conv2d, conv_bn, fuses
 
 
 def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
@@ -48,13 +48,26 @@ class DynamicConv2D(nn.Layer):
         return conv2d(x, weight, self.stride, self.padding, self.conv)
 
 
-def conv_bn_act(conv: "DynamicConv2D", bn: "DynamicBatchNorm2D", x: paddle.Tensor,
-                out_channels: int, relu: bool) -> paddle.Tensor:
-    """relu?(bn(conv(x, out_channels))): one fused oneDNN node in a fast-conv training step
-    (track1.conv.conv_bn), the three layers one after the other anywhere else."""
-    if conv.conv == "fast" and fuses(x, bn):
-        return conv_bn(x, conv.weight, bn, out_channels, conv.stride, conv.padding, relu)
-    y = bn(conv(x, out_channels))
+def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
+                out_channels: int | None = None, fuse: bool = False) -> paddle.Tensor:
+    """relu?(bn(conv(x))) of a DynamicConv2D + DynamicBatchNorm2D (out_channels: the subnet's
+    width) or of a track1.conv.Conv2D + nn.BatchNorm2D (a static network). With `fuse`, in a
+    training-mode, fast-conv step on the CPU, it is one oneDNN node (track1.conv.conv_bn), which
+    the layers' own forward (and their hooks) never see; anywhere else, or with another
+    normalisation layer, the layers run one after the other."""
+    if isinstance(conv, DynamicConv2D):
+        if fuse and conv.conv == "fast" and bn.training and fuses(x):
+            stats = RunningStats(bn._mean, bn._variance, bn.momentum, bn.epsilon)
+            return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
+                           conv.padding, relu)
+        y = bn(conv(x, out_channels))
+    else:
+        if (fuse and conv.mode == "fast" and isinstance(bn, nn.BatchNorm2D) and bn.training
+                and bn._data_format == "NCHW" and not bn._use_global_stats and fuses(x)):
+            stats = RunningStats(bn._mean, bn._variance, bn._momentum, bn._epsilon)
+            return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, conv.weight.shape[0],
+                           conv.square_stride, conv.square_padding, relu)
+        y = bn(conv(x))
     return F.relu(y) if relu else y
 
 

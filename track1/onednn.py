@@ -504,7 +504,8 @@ class ConvBNPlan(_Plan):
             r += _floats(batch.data_ptr(), self.o) * np.float32(1.0 - momentum)
         return y, (x, z, mean, var, ws)
 
-    def backward(self, dy, saved, weight, gamma, need_dx: bool, need_dw: bool, need_bn: bool):
+    def backward(self, dy, saved, weight, gamma, need_dx: bool, need_dw: bool, need_dgamma: bool,
+                 need_dbeta: bool):
         """(dx, d weight (full shape, zero outside the block), d gamma, d beta (full length))."""
         if len(self._compute) == 2:
             self._build_backward()
@@ -538,7 +539,7 @@ class ConvBNPlan(_Plan):
             dw = _empty(self.w_full) if whole else _zeros(self.w_full)
             self.dw.point(dw.data_ptr())
             self._write(self.dwc, self.store_dw, _S_Y, self.weights)
-        return dx, dw, (dgamma if need_bn else None), (dbeta if need_bn else None)
+        return dx, dw, (dgamma if need_dgamma else None), (dbeta if need_dbeta else None)
 
 
 _PLANS: OrderedDict[tuple, _Plan] = OrderedDict()

@@ -83,7 +83,7 @@ def build_network(cfg: dict, code: str, seed: int) -> tuple[SearchSpace, ResNet]
     space = build_space(cfg)
     paddle.seed(int(seed))
     with paddle.utils.unique_name.guard():
-        net = ResNet(space.widths(code), space, cfg["space"]["act"], conv_mode(cfg))
+        net = ResNet(space.widths(code), space, cfg["space"]["act"], conv_mode(cfg), fuse_bn=True)
     if cfg["standalone"]["zero_init_residual"]:
         # Each block starts as its shortcut (Goyal et al. 2017): stable for the deepest networks.
         for layer in net.sublayers():

@@ -19,9 +19,9 @@ class DynamicBlock(nn.Layer):
     """A BasicBlock over max widths. Only the blocks whose shortcut the official sub-space always
     projects (the first of stages 2-4) own a projection; every other block adds the identity."""
 
-    def __init__(self, b: Block, act: str, conv: str = "stock"):
+    def __init__(self, b: Block, act: str, conv: str = "stock", fuse_bn: bool = False):
         super().__init__()
-        self.stride, self.projection = b.stride, b.projection
+        self.stride, self.projection, self.fuse_bn = b.stride, b.projection, fuse_bn
         self.conv1 = DynamicConv2D(b.c_in, b.mid, 3, b.stride, 1, conv)
         self.bn1 = DynamicBatchNorm2D(b.mid)
         self.conv2, self.bn2 = DynamicConv2D(b.mid, b.c_out, 3, 1, 1, conv), DynamicBatchNorm2D(b.c_out)
@@ -31,10 +31,10 @@ class DynamicBlock(nn.Layer):
         self.act = make_activation(act)
 
     def forward(self, x: paddle.Tensor, mid: int, c_out: int) -> paddle.Tensor:
-        y = conv_bn_act(self.conv1, self.bn1, x, mid, relu=True)
-        y = conv_bn_act(self.conv2, self.bn2, y, c_out, relu=False)
+        y = conv_bn_act(self.conv1, self.bn1, x, True, mid, self.fuse_bn)
+        y = conv_bn_act(self.conv2, self.bn2, y, False, c_out, self.fuse_bn)
         if self.projection:
-            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, c_out, relu=False)
+            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, False, c_out, self.fuse_bn)
         elif x.shape[1] != c_out:
             raise CodeError(f"a block of {x.shape[1]} -> {c_out} channels needs a projection the "
                             f"supernet does not hold: the subnet is outside the official sub-space")
@@ -43,12 +43,14 @@ class DynamicBlock(nn.Layer):
 
 class SuperNet(nn.Layer):
     """Max-width weights; forward(x, widths) runs the subnet those widths describe. `conv` is the
-    convolution implementation (track1.conv: fast | stock), also that of exported networks."""
+    convolution implementation (track1.conv: fast | stock), also that of exported networks;
+    `fuse_bn` runs each conv + BN (+ ReLU) of a fast-conv training step as one node
+    (track1.layers.conv_bn_act: the conv layers' forward hooks then do not fire)."""
 
     def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False,
-                 conv: str = "stock"):
+                 conv: str = "stock", fuse_bn: bool = False):
         super().__init__()
-        self.space, self.act_name, self.conv = space, act, conv
+        self.space, self.act_name, self.conv, self.fuse_bn = space, act, conv, fuse_bn
         self.max_widths = space.max_widths
         w = self.max_widths
         self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3, conv)
@@ -57,7 +59,7 @@ class SuperNet(nn.Layer):
         for stage, pairs in enumerate(w.blocks):
             self.stages.append(nn.LayerList())
         for b in block_plan(w):  # the largest subnet is official: projections where it has them
-            self.stages[b.stage].append(DynamicBlock(b, act, conv))
+            self.stages[b.stage].append(DynamicBlock(b, act, conv, fuse_bn))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
         if zero_init_residual:
             zero_residual_branches(self)
@@ -69,7 +71,7 @@ class SuperNet(nn.Layer):
         """
         if not isinstance(widths, Widths):
             return [self.forward(x, w) for w in widths]
-        x = conv_bn_act(self.stem_conv, self.stem_bn, x, widths.stem, relu=True)
+        x = conv_bn_act(self.stem_conv, self.stem_bn, x, True, widths.stem, self.fuse_bn)
         x = F.max_pool2d(x, 3, 2, 1)
         for stage, pairs in enumerate(widths.blocks):
             for block, (mid, c_out) in zip(self.stages[stage], pairs):
@@ -82,7 +84,7 @@ class SuperNet(nn.Layer):
 
     def export(self, widths: Widths) -> "ResNet":
         """A plain paddle.nn network of these widths carrying the supernet's (sliced) weights."""
-        net = ResNet(widths, self.space, self.act_name, self.conv)
+        net = ResNet(widths, self.space, self.act_name, self.conv, self.fuse_bn)
         own = self.state_dict()
         state = {}
         for name, target in net.state_dict().items():
@@ -98,13 +100,13 @@ class SuperNet(nn.Layer):
 class BasicBlock(nn.Layer):
     """A plain BasicBlock; any well-formed code builds (a projection wherever block_plan says)."""
 
-    def __init__(self, b: Block, act: str, conv: str = "stock"):
+    def __init__(self, b: Block, act: str, conv: str = "stock", fuse_bn: bool = False):
         super().__init__()
+        self.fuse_bn = fuse_bn
         self.conv1 = Conv2D(b.c_in, b.mid, 3, b.stride, 1, conv)
         self.bn1 = nn.BatchNorm2D(b.mid)
         self.conv2 = Conv2D(b.mid, b.c_out, 3, 1, 1, conv)
         self.bn2 = nn.BatchNorm2D(b.c_out)
-        self.relu = nn.ReLU()
         self.projection = b.projection
         if b.projection:
             self.shortcut_conv = Conv2D(b.c_in, b.c_out, 1, b.stride, 0, conv)
@@ -112,32 +114,32 @@ class BasicBlock(nn.Layer):
         self.act = make_activation(act)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+        y = conv_bn_act(self.conv1, self.bn1, x, True, fuse=self.fuse_bn)
+        y = conv_bn_act(self.conv2, self.bn2, y, False, fuse=self.fuse_bn)
         if self.projection:
-            x = self.shortcut_bn(self.shortcut_conv(x))
+            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, False, fuse=self.fuse_bn)
         return self.act(y + x)
 
 
 class ResNet(nn.Layer):
     """The plain network of one subnet: paddle.nn layers, and nn.Conv2D subclasses whose forward
-    is track1.conv's `conv` implementation (fast | stock)."""
+    is track1.conv's `conv` implementation (fast | stock); `fuse_bn` as in SuperNet."""
 
-    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu", conv: str = "stock"):
+    def __init__(self, widths: Widths, space: SearchSpace, act: str = "relu", conv: str = "stock",
+                 fuse_bn: bool = False):
         super().__init__()
-        self.widths = widths
+        self.widths, self.fuse_bn = widths, fuse_bn
         self.stem_conv = Conv2D(space.in_channels, widths.stem, 7, 2, 3, conv)
         self.stem_bn = nn.BatchNorm2D(widths.stem)
-        self.stem_relu = nn.ReLU()
         self.pool = nn.MaxPool2D(3, 2, 1)
         self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
         for b in block_plan(widths):
-            self.stages[b.stage].append(BasicBlock(b, act, conv))
+            self.stages[b.stage].append(BasicBlock(b, act, conv, fuse_bn))
         self.avgpool = nn.AdaptiveAvgPool2D(1)
         self.fc = nn.Linear(widths.out_channels, space.num_classes)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = self.pool(self.stem_relu(self.stem_bn(self.stem_conv(x))))
+        x = self.pool(conv_bn_act(self.stem_conv, self.stem_bn, x, True, fuse=self.fuse_bn))
         for stage in self.stages:
             for block in stage:
                 x = block(x)

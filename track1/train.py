@@ -53,7 +53,7 @@ def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
     with paddle.utils.unique_name.guard():
         model = SuperNet(space, act=cfg["space"]["act"],
                          zero_init_residual=bool(cfg["train"]["zero_init_residual"]),
-                         conv=conv_mode(cfg))
+                         conv=conv_mode(cfg), fuse_bn=True)
     return space, model
 
 
