@@ -138,7 +138,7 @@ def test_bn_train_updates_only_leading_channels_like_batchnorm2d(stride_on, c):
         np.testing.assert_allclose(x.grad.numpy(), x_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, steps=2):
+def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, max_pool, steps=2):
     """Two training steps of relu?(bn(conv(x, o))) on one (seeded) conv + BN pair with sliced
     widths: outputs, then every gradient (accumulated over the steps) and running statistic."""
     k, s, p = k_s_p
@@ -151,7 +151,7 @@ def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, steps=2):
     x = paddle.to_tensor(x_np, stop_gradient=not x_grad)
     got = []
     for step in range(steps):
-        y = conv_bn_act(conv, bn, x, relu, o, fuse=True)
+        y = conv_bn_act(conv, bn, x, relu, o, fuse=True, max_pool=max_pool)
         node = y.grad_fn.name()
         (y * _rand(*y.shape, seed=20 + step)).sum().backward()
         got.append(y.numpy())
@@ -160,23 +160,25 @@ def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, steps=2):
     return got + [x.grad.numpy() if x_grad else None], node
 
 
-# (batch, in channels of x, full weight [O, C], o, kernel, stride, padding, relu, x needs grad)
+# (batch, in channels of x, map, full weight [O, C], o, kernel, stride, padding, relu, x needs
+# grad, max pool)
 CONV_BN_SHAPES = [
-    (3, 3, (16, 3), 12, 7, 2, 3, True, False),   # the stem on an image batch
-    (4, 24, (32, 32), 24, 3, 1, 1, True, True),  # conv1 of a block, sliced in and out
-    (4, 24, (40, 32), 40, 3, 2, 1, False, True),  # conv2 / stride 2, full out
-    (2, 16, (32, 16), 20, 1, 2, 0, False, True),  # a projection shortcut
-    (3, 40, (48, 48), 48, 3, 1, 1, True, True),   # full widths, 5x5 map (odd)
+    (3, 3, 32, (16, 3), 12, 7, 2, 3, True, False, None),  # the stem's conv on an image batch
+    (3, 3, 32, (16, 3), 12, 7, 2, 3, True, True, (3, 2, 1)),  # the whole stem
+    (2, 3, 18, (16, 3), 16, 7, 2, 3, True, True, (3, 2, 1)),  # odd maps: 9x9 pooled to 5x5
+    (4, 24, 8, (32, 32), 24, 3, 1, 1, True, True, None),  # conv1 of a block, sliced in and out
+    (4, 24, 8, (40, 32), 40, 3, 2, 1, False, True, None),  # conv2 / stride 2, full out
+    (2, 16, 8, (32, 16), 20, 1, 2, 0, False, True, None),  # a projection shortcut
+    (3, 40, 5, (48, 48), 48, 3, 1, 1, True, True, None),  # full widths, 5x5 map (odd)
 ]
 
 
-@pytest.mark.parametrize("n,c,full,o,k,s,p,relu,x_grad", CONV_BN_SHAPES)
-def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, full, o, k, s, p, relu, x_grad):
-    h = 32 if k == 7 else 5 if c == 40 else 8
-    x_np = np.random.default_rng(c + o).standard_normal((n, c, h, h)).astype("float32")
-    fast, node = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad)
+@pytest.mark.parametrize("n,c,h,full,o,k,s,p,relu,x_grad,pool", CONV_BN_SHAPES)
+def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, h, full, o, k, s, p, relu, x_grad, pool):
+    x_np = np.random.default_rng(c + o + h).standard_normal((n, c, h, h)).astype("float32")
+    fast, node = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad, pool)
     assert node == "GradNodePyLayer__OneDNNConvBN"
-    stock, node = _conv_bn_run("stock", x_np, full, o, (k, s, p), relu, x_grad)
+    stock, node = _conv_bn_run("stock", x_np, full, o, (k, s, p), relu, x_grad, pool)
     assert node != "GradNodePyLayer__OneDNNConvBN"
     names = ["output 1", "output 2", "weight grad", "gamma grad", "beta grad", "running mean",
              "running var", "input grad"]
@@ -184,6 +186,7 @@ def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, full, o, k, s, p, relu
         if b is None:
             assert a is None, name
             continue
+        assert a.shape == b.shape, name
         err = np.abs(a - b).max() / np.abs(b).max()
         assert err <= 1e-5, f"{name}: relative error {err:.2e}"
     weight_grad, gamma_grad, beta_grad, mean, var = fast[2:7]

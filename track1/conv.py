@@ -56,33 +56,33 @@ class RunningStats:
 
 class _OneDNNConvBN(PyLayer):
     @staticmethod
-    def forward(ctx, x, weight, gamma, beta, stats, out_channels, stride, padding, relu):
+    def forward(ctx, x, weight, gamma, beta, stats, out_channels, stride, padding, relu, max_pool):
         plan = onednn.conv_bn_plan(x.shape, weight.shape, out_channels, stride, padding, relu,
-                                   stats.epsilon)
+                                   stats.epsilon, max_pool)
         y, saved = plan.forward(x, weight, gamma, beta, stats.mean, stats.variance, stats.momentum)
-        ctx.plan, ctx.relu = plan, relu
+        ctx.plan, ctx.present = plan, [t is not None for t in saved]
         ctx.need = [not t.stop_gradient for t in (x, weight, gamma, beta)]
-        ctx.save_for_backward(weight, gamma, *saved[:4], *([saved[4]] if relu else []))
+        ctx.save_for_backward(weight, gamma, *[t for t in saved if t is not None])
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        weight, gamma, *saved = ctx.saved_tensor()
-        if not ctx.relu:
-            saved.append(None)
-        dx, dw, dgamma, dbeta = ctx.plan.backward(dy, saved, weight, gamma, *ctx.need)
-        return dx, dw, dgamma, dbeta
+        weight, gamma, *kept = ctx.saved_tensor()
+        kept = iter(kept)
+        saved = [next(kept) if present else None for present in ctx.present]
+        return ctx.plan.backward(dy, saved, weight, gamma, *ctx.need)
 
 
 def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, gamma: paddle.Tensor, beta: paddle.Tensor,
-            stats: RunningStats, out_channels: int, stride: int, padding: int,
-            relu: bool) -> paddle.Tensor:
+            stats: RunningStats, out_channels: int, stride: int, padding: int, relu: bool,
+            max_pool: tuple[int, int, int] | None = None) -> paddle.Tensor:
     """relu?(batch_norm(conv2d(x, weight[:out_channels, :x.shape[1]]), gamma[:out_channels],
-    beta[:out_channels])) with batch statistics, for a training step: one oneDNN pass (forward, and
-    one backward node), the conv output kept in oneDNN's layout for the batch norm, the leading
-    running statistics updated in place. Differentiable in x, weight, gamma and beta; the caller
-    checks `fuses(x)` first (track1.layers.conv_bn_act)."""
-    return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding, relu)
+    beta[:out_channels])) with batch statistics, then F.max_pool2d(., *max_pool) if given, for a
+    training step: one oneDNN pass (forward, and one backward node), the intermediate maps kept in
+    oneDNN's layout, the leading running statistics updated in place. Differentiable in x, weight,
+    gamma and beta; the caller checks `fuses(x)` first (track1.layers.conv_bn_act)."""
+    return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding, relu,
+                               max_pool)
 
 
 def fuses(x: paddle.Tensor) -> bool:

@@ -13,7 +13,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .supernet import ResNet
+from .supernet import STEM_POOL, ResNet
 
 
 def replace_layers(net: nn.Layer, kind: type, make: Callable[[nn.Layer], nn.Layer]) -> None:
@@ -36,9 +36,10 @@ def ce_double_backward(logits: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor
     return -(log_p * onehot).sum() / logits.shape[0]
 
 
-def _max_pool_double_backward(x: paddle.Tensor, pool: nn.MaxPool2D) -> paddle.Tensor:
-    """F.max_pool2d as a gather at the argmax, which take_along_axis can differentiate twice."""
-    _, idx = F.max_pool2d(x, pool.ksize, pool.stride, pool.padding, return_mask=True)
+def _max_pool_double_backward(x: paddle.Tensor, pool: tuple[int, int, int]) -> paddle.Tensor:
+    """F.max_pool2d(x, *pool) as a gather at the argmax, which take_along_axis can differentiate
+    twice."""
+    _, idx = F.max_pool2d(x, *pool, return_mask=True)
     n, c, h, w = x.shape
     flat = x.reshape([n, c, h * w])
     out = paddle.take_along_axis(flat, idx.reshape([n, c, -1]).astype("int64"), axis=2)
@@ -86,7 +87,7 @@ def grasp_logits(net: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
     replace_layers(net, nn.BatchNorm2D, _BatchNormDoubleBackward)
     replace_layers(net, nn.PReLU, _PReLUDoubleBackward)
     replace_layers(net, nn.Mish, lambda m: _MishDoubleBackward())
-    x = _max_pool_double_backward(F.relu(net.stem_bn(net.stem_conv(x))), net.pool)
+    x = _max_pool_double_backward(F.relu(net.stem_bn(net.stem_conv(x))), STEM_POOL)
     for stage in net.stages:
         for block in stage:
             x = block(x)

@@ -49,26 +49,28 @@ class DynamicConv2D(nn.Layer):
 
 
 def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
-                out_channels: int | None = None, fuse: bool = False) -> paddle.Tensor:
-    """relu?(bn(conv(x))) of a DynamicConv2D + DynamicBatchNorm2D (out_channels: the subnet's
-    width) or of a track1.conv.Conv2D + nn.BatchNorm2D (a static network). With `fuse`, in a
-    training-mode, fast-conv step on the CPU, it is one oneDNN node (track1.conv.conv_bn), which
-    the layers' own forward (and their hooks) never see; anywhere else, or with another
-    normalisation layer, the layers run one after the other."""
+                out_channels: int | None = None, fuse: bool = False,
+                max_pool: tuple[int, int, int] | None = None) -> paddle.Tensor:
+    """relu?(bn(conv(x))), then F.max_pool2d(., *max_pool) if given (the stem), of a DynamicConv2D
+    + DynamicBatchNorm2D (out_channels: the subnet's width) or of a track1.conv.Conv2D +
+    nn.BatchNorm2D (a static network). With `fuse`, in a training-mode, fast-conv step on the CPU,
+    it is one oneDNN node (track1.conv.conv_bn), which the layers' own forward (and their hooks)
+    never see; anywhere else, or with another normalisation layer, the layers run one by one."""
     if isinstance(conv, DynamicConv2D):
         if fuse and conv.conv == "fast" and bn.training and fuses(x):
             stats = RunningStats(bn._mean, bn._variance, bn.momentum, bn.epsilon)
             return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
-                           conv.padding, relu)
+                           conv.padding, relu, max_pool)
         y = bn(conv(x, out_channels))
     else:
         if (fuse and conv.mode == "fast" and isinstance(bn, nn.BatchNorm2D) and bn.training
                 and bn._data_format == "NCHW" and not bn._use_global_stats and fuses(x)):
             stats = RunningStats(bn._mean, bn._variance, bn._momentum, bn._epsilon)
             return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, conv.weight.shape[0],
-                           conv.square_stride, conv.square_padding, relu)
+                           conv.square_stride, conv.square_padding, relu, max_pool)
         y = bn(conv(x))
-    return F.relu(y) if relu else y
+    y = F.relu(y) if relu else y
+    return F.max_pool2d(y, *max_pool) if max_pool else y
 
 
 class DynamicBatchNorm2D(nn.Layer):

@@ -27,7 +27,7 @@ import paddle
 # oneDNN 3.x C API constants (dnnl_types.h, dnnl_common_types.h).
 _F32, _TAG_ANY, _TAG_A, _TAG_ABCD, _ENGINE_CPU, _STREAM_IN_ORDER = 3, 1, 2, 5, 1, 1
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
-_CONV_DIRECT = 1
+_CONV_DIRECT, _POOLING_MAX = 1, 0x1FF  # dnnl_alg_kind_t
 _BN_SCALE, _BN_SHIFT, _BN_RELU = 0x2, 0x4, 0x8  # dnnl_normalization_flags_t
 _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = 129, 130, 131, 132, 133, 134
 _Q_WORKSPACE = 135
@@ -79,6 +79,12 @@ _SIGNATURES = {
         ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, ctypes.c_float, ctypes.c_uint, _vp]),
     "dnnl_batch_normalization_backward_primitive_desc_create": (
         ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_float, ctypes.c_uint, _vp,
+                       _vp]),
+    "dnnl_pooling_forward_primitive_desc_create": (
+        ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, ctypes.c_int, _vp, _vp, _Dims, _Dims, _Dims, _Dims,
+                       _Dims, _vp]),
+    "dnnl_pooling_backward_primitive_desc_create": (
+        ctypes.c_int, [_P(_vp), _vp, ctypes.c_int, _vp, _vp, _Dims, _Dims, _Dims, _Dims, _Dims, _vp,
                        _vp]),
     "dnnl_reorder_primitive_desc_create": (ctypes.c_int, [_P(_vp), _vp, _vp, _vp, _vp, _vp]),
     "dnnl_primitive_desc_query_md": (_vp, [_vp, ctypes.c_int, ctypes.c_int]),
@@ -420,23 +426,37 @@ class ConvPlan(_Plan):
 class ConvBNPlan(_Plan):
     """relu?(batch_norm(conv(x, w[:o, :c]))) in training mode, forward and backward, for an
     [N, c, H, W] batch and the leading [o, c] block of an [O, C, k, k] weight (stride s, padding p),
-    batch norm over the o channels with batch statistics (biased variance, as Paddle's)."""
+    batch norm over the o channels with batch statistics (biased variance, as Paddle's); then,
+    with `max_pool` (kernel, stride, padding), a max pool (the ResNet stem's), still in oneDNN's
+    layout: Paddle only sees the pooled output."""
 
     def __init__(self, lib: _Library, x_shape, o: int, w_full, s: int, p: int, relu: bool,
-                 eps: float):
+                 eps: float, max_pool: tuple[int, int, int] | None = None):
         big_c, k = int(w_full[1]), int(w_full[2])
         c = int(x_shape[1])
         super().__init__(lib, x_shape, [o, c, k, k], s, p)
         self.relu, self.eps, self.o, self.w_full = relu, eps, o, [int(d) for d in w_full]
-        x_md, y_md = (self._owned(lib.desc(d, _TAG_ABCD)) for d in (self.x_shape, self.y_shape))
-        w_md = self._owned(lib.new("dnnl_memory_desc_create_with_strides", 4, _Dims(o, c, k, k),
-                                   _F32, _Dims(big_c * k * k, k * k, k, 1)))
-        stat_md = self._owned(lib.desc([o], _TAG_A))
         conv = self._conv_fwd = self._conv_pd("forward", _FORWARD_TRAINING)
         z_md = self._z_md = self._query(conv, _Q_DST)
         self.flags = _BN_SCALE | _BN_SHIFT | (_BN_RELU if relu else 0)
         bn = self._bn_fwd = self._pd("dnnl_batch_normalization_forward_primitive_desc_create",
                                      lib.engine, _FORWARD_TRAINING, z_md, z_md, eps, self.flags, None)
+        self.max_pool = max_pool
+        if max_pool:
+            n, _, h, w = self.y_shape
+            pk, ps, pp = max_pool
+            hp, wp = (h + 2 * pp - pk) // ps + 1, (w + 2 * pp - pk) // ps + 1
+            self.y_shape = [n, o, hp, wp]
+            self._pool_geometry = (_Dims(ps, ps), _Dims(pk, pk), _Dims(0, 0), _Dims(pp, pp),
+                                   _Dims((hp - 1) * ps + pk - h - pp, (wp - 1) * ps + pk - w - pp))
+            self._pool_any = self._owned(lib.desc(self.y_shape, _TAG_ANY))
+            pool = self._pool_fwd = self._pd("dnnl_pooling_forward_primitive_desc_create",
+                                             lib.engine, _FORWARD_TRAINING, _POOLING_MAX, z_md,
+                                             self._pool_any, *self._pool_geometry, None)
+        x_md, y_md = (self._owned(lib.desc(d, _TAG_ABCD)) for d in (self.x_shape, self.y_shape))
+        w_md = self._owned(lib.new("dnnl_memory_desc_create_with_strides", 4, _Dims(o, c, k, k),
+                                   _F32, _Dims(big_c * k * k, k * k, k, 1)))
+        stat_md = self._owned(lib.desc([o], _TAG_A))
         # Paddle's plain tensors (the weight: its leading block, in place), and the layouts the
         # primitives read or write.
         self.x, self.w, self.y = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
@@ -446,13 +466,22 @@ class ConvBNPlan(_Plan):
         self.z = _Mem(lib, z_md)
         self.xc, self.load_x = self._into(self.x, self._query(conv, _Q_SRC))
         self.wc, self.load_w = self._into(self.w, self._query(conv, _Q_WEIGHTS))
-        self.yc, self.store_y = self._outof(self.y, self._query(bn, _Q_DST))
         self.ws = _Mem(lib, self._query(bn, _Q_WORKSPACE)) if relu else None
+        if max_pool:
+            self.a = _Mem(lib, self._query(bn, _Q_DST))  # the batch norm's output, pooled next
+            self.yc, self.store_y = self._outof(self.y, self._query(pool, _Q_DST))
+            self.pool_ws = _Mem(lib, self._query(pool, _Q_WORKSPACE))
+            self.pool = _Prim(lib, pool, [(_ARG_SRC, self.a), (_ARG_DST, self.yc),
+                                          (_ARG_WORKSPACE, self.pool_ws)])
+        else:
+            self.yc, self.store_y = self._outof(self.y, self._query(bn, _Q_DST))
+            self.a = self.yc
         self.conv = _Prim(lib, conv, [(_ARG_SRC, self.xc), (_ARG_WEIGHTS, self.wc), (_ARG_DST, self.z)])
-        self.bn = _Prim(lib, bn, [(_ARG_SRC, self.z), (_ARG_DST, self.yc), (_ARG_MEAN, self.mean),
+        self.bn = _Prim(lib, bn, [(_ARG_SRC, self.z), (_ARG_DST, self.a), (_ARG_MEAN, self.mean),
                                   (_ARG_VARIANCE, self.var), (_ARG_SCALE, self.scale),
                                   (_ARG_SHIFT, self.shift)] + self._workspace())
-        self._compute = [self.conv, self.bn]
+        self._compute = [self.conv, self.bn] + ([self.pool] if max_pool else [])
+        self.bn_bwd = None  # the backward primitives, built on first use
 
     def _workspace(self) -> list[tuple[int, _Mem]]:
         return [(_ARG_WORKSPACE, self.ws)] if self.relu else []
@@ -461,11 +490,20 @@ class ConvBNPlan(_Plan):
         lib, z_md = self.lib, self._z_md
         bn = self._pd("dnnl_batch_normalization_backward_primitive_desc_create", lib.engine,
                       _BACKWARD, z_md, z_md, z_md, self.eps, self.flags, self._bn_fwd, None)
-        self.dyc, self.load_dy = self._into(self.dy, self._query(bn, _Q_DIFF_DST))
+        if self.max_pool:
+            pool = self._pd("dnnl_pooling_backward_primitive_desc_create", lib.engine, _POOLING_MAX,
+                            z_md, self._pool_any, *self._pool_geometry, self._pool_fwd, None)
+            self.dyc, self.load_dy = self._into(self.dy, self._query(pool, _Q_DIFF_DST))
+            self.da = _Mem(lib, self._query(bn, _Q_DIFF_DST))  # the pool's input gradient
+            self.pool_bwd = _Prim(lib, pool, [(_ARG_DIFF_DST, self.dyc),
+                                              (_ARG_WORKSPACE, self.pool_ws), (_ARG_DIFF_SRC, self.da)])
+        else:
+            self.dyc, self.load_dy = self._into(self.dy, self._query(bn, _Q_DIFF_DST))
+            self.da = self.dyc
         self.dz = _Mem(lib, self._query(bn, _Q_DIFF_SRC))
         self.bn_bwd = _Prim(lib, bn, [
             (_ARG_SRC, self.z), (_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var),
-            (_ARG_DIFF_DST, self.dyc), (_ARG_SCALE, self.scale), (_ARG_DIFF_SRC, self.dz),
+            (_ARG_DIFF_DST, self.da), (_ARG_SCALE, self.scale), (_ARG_DIFF_SRC, self.dz),
             (_ARG_DIFF_SCALE, self.dscale), (_ARG_DIFF_SHIFT, self.dshift)] + self._workspace())
         data = self._conv_pd("data", self._conv_fwd)
         self.dzd, self.dz_to_data = self._into(self.dz, self._query(data, _Q_DIFF_DST))
@@ -479,7 +517,8 @@ class ConvBNPlan(_Plan):
         self.dwc, self.store_dw = self._outof(self.dw, self._query(weights, _Q_DIFF_WEIGHTS))
         self.weights = _Prim(lib, weights, [(_ARG_SRC, self.xw), (_ARG_DIFF_DST, self.dzw),
                                             (_ARG_DIFF_WEIGHTS, self.dwc)])
-        self._compute += [self.bn_bwd, self.data, self.weights]
+        self._compute += ([self.pool_bwd] if self.max_pool else []) + [self.bn_bwd, self.data,
+                                                                        self.weights]
 
     def forward(self, x, weight, gamma, beta, running_mean, running_var, momentum: float):
         """y and the tensors backward needs. Updates the leading o running statistics in place
@@ -497,22 +536,33 @@ class ConvBNPlan(_Plan):
         self.shift.point(beta.data_ptr())
         y = _empty(self.y_shape)
         self.y.point(y.data_ptr())
-        self._write(self.yc, self.store_y, _S_Y, self.bn)
+        pool_ws = None
+        if self.max_pool:
+            self.a.point(_S_TMP.get(self.a.nbytes))
+            self.bn.run()
+            pool_ws = self.pool_ws.tensor()
+            self._write(self.yc, self.store_y, _S_Y, self.pool)
+        else:
+            self._write(self.yc, self.store_y, _S_Y, self.bn)
         for running, batch in ((running_mean, mean), (running_var, var)):
             r = _floats(running.data_ptr(), self.o)
             r *= np.float32(momentum)
             r += _floats(batch.data_ptr(), self.o) * np.float32(1.0 - momentum)
-        return y, (x, z, mean, var, ws)
+        return y, (x, z, mean, var, ws, pool_ws)
 
     def backward(self, dy, saved, weight, gamma, need_dx: bool, need_dw: bool, need_dgamma: bool,
                  need_dbeta: bool):
         """(dx, d weight (full shape, zero outside the block), d gamma, d beta (full length))."""
-        if len(self._compute) == 2:
+        if self.bn_bwd is None:
             self._build_backward()
-        x, z, mean, var, ws = saved
+        x, z, mean, var, ws, pool_ws = saved
         dy, weight, gamma = _contiguous(dy), _contiguous(weight), _contiguous(gamma)
         self.dy.point(dy.data_ptr())
         self._via(self.dyc, self.load_dy, _S_Y)
+        if self.max_pool:
+            self.pool_ws.point(pool_ws.data_ptr())
+            self.da.point(_S_TMP.get(self.da.nbytes))
+            self.pool_bwd.run()
         for mem, t in ((self.z, z), (self.mean, mean), (self.var, var), (self.scale, gamma)):
             mem.point(t.data_ptr())
         if ws is not None:
@@ -535,7 +585,7 @@ class ConvBNPlan(_Plan):
             self.x.point(x.data_ptr())
             self._via(self.xw, self.load_xw, _S_X)
             self._via(self.dzw, self.dz_to_weights, _S_TMP)
-            whole = self.w_full[:2] == self.y_shape[1:2] + self.x_shape[1:2]
+            whole = self.w_full[:2] == [self.o, self.x_shape[1]]
             dw = _empty(self.w_full) if whole else _zeros(self.w_full)
             self.dw.point(dw.data_ptr())
             self._write(self.dwc, self.store_dw, _S_Y, self.weights)
@@ -568,10 +618,11 @@ def plan(x_shape, w_shape, stride: int, padding: int, training: bool = True) -> 
 
 
 def conv_bn_plan(x_shape, w_shape, out_channels: int, stride: int, padding: int, relu: bool,
-                 eps: float) -> ConvBNPlan:
+                 eps: float, max_pool: tuple[int, int, int] | None = None) -> ConvBNPlan:
     """The cached fused plan for this shape; w_shape is the whole weight's, of which the conv
     uses the leading [out_channels, x_shape[1]] block (raises OneDNNError without oneDNN)."""
     x_shape, w_shape = [int(d) for d in x_shape], [int(d) for d in w_shape]
-    key = ("conv_bn", *x_shape, *w_shape, out_channels, stride, padding, relu, eps)
+    max_pool = tuple(max_pool) if max_pool else None
+    key = ("conv_bn", *x_shape, *w_shape, out_channels, stride, padding, relu, eps, max_pool)
     return _cached(key, lambda lib: ConvBNPlan(lib, x_shape, out_channels, w_shape, stride,
-                                               padding, relu, eps))
+                                               padding, relu, eps, max_pool))

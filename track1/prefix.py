@@ -48,7 +48,7 @@ import paddle.nn.functional as F
 from .conv import conv2d
 from .layers import leading
 from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out, needs_projection
-from .supernet import SuperNet
+from .supernet import STEM_POOL, SuperNet
 
 
 def layer_sequence(widths: Widths) -> tuple[tuple, ...]:
@@ -167,7 +167,7 @@ class _LayerEngine:
     def _forward(self, key: tuple, x: paddle.Tensor) -> paddle.Tensor:
         model = self.model
         if key[0] == "stem":
-            return F.max_pool2d(F.relu(model.stem_bn(model.stem_conv(x, key[1]))), 3, 2, 1)
+            return F.max_pool2d(F.relu(model.stem_bn(model.stem_conv(x, key[1]))), *STEM_POOL)
         stage, i, mid, out = key
         return model.stages[stage][i](x, mid, out)
 
@@ -203,7 +203,7 @@ class _FastEngine:
         model = self.model
         if key[0] == "stem":
             x = F.relu(self._bn(model.stem_bn, _fast_conv(model.stem_conv, x, key[1])))
-            return F.max_pool2d(x, 3, 2, 1)
+            return F.max_pool2d(x, *STEM_POOL)
         stage, i, mid, out = key
         block = model.stages[stage][i]
         # DynamicBlock.forward with the fast conv and per-part BN (tests check that the two agree).

@@ -11,6 +11,8 @@ from .conv import Conv2D
 from .layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act, make_activation
 from .space import Block, CodeError, SearchSpace, Widths, block_plan
 
+STEM_POOL = (3, 2, 1)  # the stem's max pool: kernel, stride, padding
+
 # The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
 # ...), so exporting a subnet is a leading slice of every same-named tensor.
 
@@ -71,8 +73,7 @@ class SuperNet(nn.Layer):
         """
         if not isinstance(widths, Widths):
             return [self.forward(x, w) for w in widths]
-        x = conv_bn_act(self.stem_conv, self.stem_bn, x, True, widths.stem, self.fuse_bn)
-        x = F.max_pool2d(x, 3, 2, 1)
+        x = conv_bn_act(self.stem_conv, self.stem_bn, x, True, widths.stem, self.fuse_bn, STEM_POOL)
         for stage, pairs in enumerate(widths.blocks):
             for block, (mid, c_out) in zip(self.stages[stage], pairs):
                 x = block(x, mid, c_out)
@@ -131,7 +132,6 @@ class ResNet(nn.Layer):
         self.widths, self.fuse_bn = widths, fuse_bn
         self.stem_conv = Conv2D(space.in_channels, widths.stem, 7, 2, 3, conv)
         self.stem_bn = nn.BatchNorm2D(widths.stem)
-        self.pool = nn.MaxPool2D(3, 2, 1)
         self.stages = nn.LayerList([nn.LayerList() for _ in widths.blocks])
         for b in block_plan(widths):
             self.stages[b.stage].append(BasicBlock(b, act, conv, fuse_bn))
@@ -139,7 +139,7 @@ class ResNet(nn.Layer):
         self.fc = nn.Linear(widths.out_channels, space.num_classes)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = self.pool(conv_bn_act(self.stem_conv, self.stem_bn, x, True, fuse=self.fuse_bn))
+        x = conv_bn_act(self.stem_conv, self.stem_bn, x, True, fuse=self.fuse_bn, max_pool=STEM_POOL)
         for stage in self.stages:
             for block in stage:
                 x = block(x)
