@@ -1,6 +1,6 @@
 """Training step cost by method, optionally against another revision of the code, side by side.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--batch 64] [--threads 1] [--ref e48d1bf]
+    .venv/bin/python benchmarks/bench_train_step.py [--batch 64] [--threads 1[,2]] [--ref e48d1bf]
 
 Each (code tree, method) runs in a worker process of its own (the tree's track1 imported, the
 thread count set before paddle is imported) holding its supernet and optimizer; the workers take
@@ -9,7 +9,12 @@ them see the same machine conditions. Every worker uses the same subnets for the
 (sampling is a function of seed and step) and random input of the default's shape. Prints the median
 ms per step, images/s and the ratio to the current tree's default step. `--ref REV` adds the
 methods that REV's code supports, from `git archive REV` (for example the commit before the
-official sub-space, whose sampler drew every conv's width independently).
+official sub-space, whose sampler drew every conv's width independently). `--threads 1,2` runs
+every worker once per thread count, all interleaved, and adds the 2-over-1 speed-up: on a shared
+VM the second core comes and goes, and interleaving exposes both counts to the same conditions.
+Between two workers' turns the script pauses (`--pause`): a multi-threaded worker's idle OpenMP
+threads keep spinning for a while after its turn (Paddle's wheel brings Intel's OpenMP, whose
+default KMP_BLOCKTIME is 200 ms) and would take a core from the next worker.
 """
 from __future__ import annotations
 
@@ -107,8 +112,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5, help="steps per worker per round")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1", help="thread count, or a comma list of them")
     parser.add_argument("--ref", default=None, help="also run the methods of this git revision")
+    parser.add_argument("--pause", type=float, default=None,
+                        help="seconds between workers' turns (default: 0.3 with several threads, else 0)")
     parser.add_argument("--methods", default=None, help="comma-separated substrings of method names")
     parser.add_argument("-o", "--override", action="append", default=[], help="config override")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -125,7 +132,7 @@ def main() -> None:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tmp.name)
         trees[args.ref] = Path(tmp.name)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    thread_counts = [int(t) for t in str(args.threads).split(",")]
     workers = {}
     for tree, root in trees.items():
         for name, overrides in METHODS.items():
@@ -133,12 +140,14 @@ def main() -> None:
                 continue
             if not supports(root, overrides):
                 continue
-            cmd = [sys.executable, __file__, "--worker", str(root), f"data.batch_size={args.batch}",
-                   *overrides, *args.override]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    env=env, cwd=root)
-            assert proc.stdout.readline().strip() == "ready", f"worker {tree}/{name} failed"
-            workers[(tree, name)] = proc
+            for threads in thread_counts:
+                cmd = [sys.executable, __file__, "--worker", str(root),
+                       f"data.batch_size={args.batch}", *overrides, *args.override]
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env, cwd=root)
+                assert proc.stdout.readline().strip() == "ready", f"worker {tree}/{name} failed"
+                workers[(tree, name, threads)] = proc
 
     def run(proc, n: int) -> dict:
         proc.stdin.write(f"{n}\n")
@@ -149,8 +158,10 @@ def main() -> None:
         run(proc, 1)  # warm-up
     times = {key: [] for key in workers}
     last = {}
+    pause = args.pause if args.pause is not None else (0.3 if max(thread_counts) > 1 else 0.0)
     for _ in range(args.rounds):
         for key, proc in workers.items():
+            time.sleep(pause)
             last[key] = run(proc, args.steps)
             times[key].append(last[key]["seconds"] / args.steps)
     for proc in workers.values():
@@ -158,19 +169,26 @@ def main() -> None:
         proc.wait()
 
     import numpy as np
-    print(f"train step, default config (width 0.25, 32 px) at batch {args.batch}, {args.threads} "
-          f"thread(s), median of {args.rounds} rounds x {args.steps} steps per worker, workers "
-          f"interleaved; random input")
-    print("| code | method | ms/step | images/s | vs current default | margin acceptance |")
-    print("|---|---|---|---|---|---|")
-    ref = float(np.median(times[("current", "default (sandwich, 1 random)")])) \
-        if ("current", "default (sandwich, 1 random)") in times else None
-    for (tree, name), ts in times.items():
-        med = float(np.median(ts))
-        ratio = f"{med / ref:.2f}x" if ref else "-"
-        acc = last[(tree, name)]["acceptance"]
-        print(f"| {tree} | {name} | {med * 1e3:.0f} | {args.batch / med:.0f} | {ratio} | "
+    print(f"train step, default config (width 0.25, 32 px) at batch {args.batch}, "
+          f"{args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps per "
+          f"worker, workers interleaved; random input")
+    print("| code | method | threads | ms/step | images/s | vs current default | margin acceptance |")
+    print("|---|---|---|---|---|---|---|")
+    med = {key: float(np.median(ts)) for key, ts in times.items()}
+    for (tree, name, threads), m in med.items():
+        ref = med.get(("current", "default (sandwich, 1 random)", threads))
+        ratio = f"{m / ref:.2f}x" if ref else "-"
+        acc = last[(tree, name, threads)]["acceptance"]
+        print(f"| {tree} | {name} | {threads} | {m * 1e3:.0f} | {args.batch / m:.0f} | {ratio} | "
               f"{'-' if acc is None else f'{acc:.2f}'} |")
+    if len(thread_counts) > 1:
+        one, many = thread_counts[0], thread_counts[-1]
+        print(f"\n{many} threads over {one} (median over rounds of the per-round ratio):")
+        for (tree, name, threads) in med:
+            if threads == one and (tree, name, many) in times:
+                ratios = [a / b for a, b in zip(times[(tree, name, one)], times[(tree, name, many)])]
+                print(f"  {tree} | {name}: {float(np.median(ratios)):.2f}x "
+                      f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"\ncommand: {' '.join(sys.argv)}")
     if tmp is not None:
         tmp.cleanup()
