@@ -1,6 +1,6 @@
 """Training step cost by method, optionally against another revision of the code, side by side.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--batch 64] [--threads 1[,2]] [--ref e48d1bf]
+    .venv/bin/python benchmarks/bench_train_step.py [--batch N] [--threads 1[,2]] [--ref e48d1bf]
 
 Each (code tree, method) runs in a worker process of its own (the tree's track1 imported, the
 thread count set before paddle is imported) holding its supernet and optimizer; the workers take
@@ -109,7 +109,8 @@ def supports(root: Path, overrides: list[str]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per step (default: the default config's data.batch_size)")
     parser.add_argument("--steps", type=int, default=5, help="steps per worker per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", default="1", help="thread count, or a comma list of them")
@@ -122,6 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker[0], args.worker[1:])
+    if args.batch is None:
+        import yaml
+        args.batch = int(yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["data"]["batch_size"])
 
     trees = {"current": ROOT}
     tmp = None

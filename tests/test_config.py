@@ -52,7 +52,7 @@ def test_hash_follows_what_shapes_the_weights_only():
     assert config_hash(cfg) == config_hash(set_value(cfg, "train.log_every", 1))
     assert config_hash(cfg) == config_hash(set_value(cfg, "train.max_steps", 3))
     assert config_hash(cfg) == config_hash(set_value(cfg, "score.val_images", 3))
-    assert config_hash(cfg) != config_hash(set_value(cfg, "train.lr", 0.2))
+    assert config_hash(cfg) != config_hash(set_value(cfg, "train.lr", cfg["train"]["lr"] * 2))
     assert config_hash(cfg) != config_hash(set_value(cfg, "space.act", "mish"))
 
 

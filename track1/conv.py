@@ -7,6 +7,10 @@ take runs stock: tensors on an accelerator (cuDNN is already fast), non-float32 
 conv when the library cannot be loaded (a warning says why, once). Results equal F.conv2d's to float
 rounding (other summation orders). The fast path has no double backward: what needs a
 Hessian-vector product (the grasp proxy) builds its networks with `stock`.
+
+A training step goes further (`conv_bn`, used by track1.layers.conv_bn_act): each conv with the
+batch norm after it, its ReLU and, for the stem, the max pool, is one oneDNN node, because on this
+small network the per-op cost of dynamic mode weighs as much as the arithmetic.
 """
 from __future__ import annotations
 

@@ -1,16 +1,19 @@
-"""oneDNN convolutions on the CPU, from the oneDNN library inside Paddle's own wheel, called through ctypes.
+"""oneDNN convolutions (and the training step's conv + batch norm + ReLU + max pool) on the CPU, from
+the oneDNN library inside Paddle's own wheel, called through ctypes.
 
 Why: in dynamic mode Paddle's CPU conv2d never reaches its oneDNN kernels (no flag selects them) and
 runs an im2col and a small GEMM per image instead. The wheel ships oneDNN itself
 (paddle/libs/libdnnl.so.3) but not its headers. So this module declares the few functions of
-oneDNN's stable C API (v3.x: include/oneapi/dnnl/dnnl.h) that a convolution needs, with the enum
-values of dnnl_types.h, and checks the loaded library's major version before any call.
+oneDNN's stable C API (v3.x: include/oneapi/dnnl/dnnl.h) that it calls, with the enum values of
+dnnl_types.h, and checks the loaded library's major version before any call.
 
-Each shape gets a `ConvPlan`: a forward primitive, then, on first use, the backward-data and
-backward-weights primitives. Their arguments let oneDNN pick its own blocked layouts (format 'any'),
-because its JIT kernels want them; the plan reorders Paddle's NCHW tensors into them and back,
-through three process-wide scratch buffers (one per argument, grown on demand: calls run one at a
-time, and a per-call allocation cost as much as a small conv).
+A plan holds the primitives of one shape: `ConvPlan` a convolution's forward, then, on first use,
+its backward-data and backward-weights; `ConvBNPlan` a training step's conv -> batch norm (-> ReLU,
+-> max pool) forward and backward, the intermediate maps never leaving oneDNN's layout. Primitive
+arguments let oneDNN pick its own blocked layouts (format 'any'), because its JIT kernels want
+them; a plan reorders Paddle's NCHW tensors into them and back, through process-wide scratch
+buffers (grown on demand: calls run one at a time, and a per-call allocation costs as much as a
+small conv). Argument lists are packed once per plan; a call only re-points memories at tensors.
 Plans are cached per shape (least recently used out first). Primitives run on the thread count
 that OMP_NUM_THREADS gave the process (oneDNN's OpenMP runtime reads it).
 """
