@@ -84,7 +84,8 @@ def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, gamma: paddle.Tensor, beta:
     beta[:out_channels])) with batch statistics, then F.max_pool2d(., *max_pool) if given, for a
     training step: one oneDNN pass (forward, and one backward node), the intermediate maps kept in
     oneDNN's layout, the leading running statistics updated in place. Differentiable in x, weight,
-    gamma and beta; the caller checks `fuses(x)` first (track1.layers.conv_bn_act)."""
+    gamma and beta (a paddle.grad through it asks for all of them that need one, as with conv2d);
+    the caller checks `fuses(x)` first (track1.layers.conv_bn_act)."""
     return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding, relu,
                                max_pool)
 
