@@ -67,12 +67,18 @@ for item in filter(None, args.per_proxy.split(",")):
 resolutions = (space.resolution, args.cheap)
 out = Path(args.out)
 repair_jsonl(out)
-done = {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(out)}
+
+
+def by_key(path: Path) -> dict:
+    """A measurement log's records by (proxy, resolution, batch, code)."""
+    return {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(path)}
+
+
+done = by_key(out)
 if args.report_only:
     for extra in args.more_logs:
-        done.update({(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(Path(extra))})
-timed_records = done if args.times_from is None else {
-    (r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(Path(args.times_from))}
+        done.update(by_key(Path(extra)))
+timed_records = done if args.times_from is None else by_key(Path(args.times_from))
 batches: dict = {}
 
 

@@ -4,13 +4,13 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from track1 import conv, onednn
-from track1.config import ConfigError
+from track1 import conv, onednn, standalone
+from track1.config import ConfigError, load_config
 from track1.conv import conv2d
 from track1.layers import DynamicConv2D, leading
 from track1.space import SearchSpace
 from track1.supernet import ResNet, SuperNet
-from track1.train import conv_mode
+from track1.train import build_supernet, conv_mode
 
 RTOL = 1e-5
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -267,3 +267,17 @@ def test_fused_conv_bn_networks_match_the_float64_truth_like_stock(network, monk
     fused = [key for key in onednn._PLANS if key[0] == "conv_bn"]
     blocks = sum(len(stage) for stage in widths.blocks)
     assert len(fused) >= blocks  # the stem, every block's two convs, the projections
+
+
+def test_train_and_standalone_train_through_the_fused_node(monkeypatch):
+    # Their networks' speed rests on fuse_bn; no result would change if it were dropped.
+    cfg = load_config(None, ["space.width_mult=0.125"])
+    x = paddle.randn([2, 3, 32, 32])
+    for build in (lambda: build_supernet(cfg)[1], lambda: standalone.build_network(cfg, CODE, 0)[1]):
+        monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+        net = build()
+        net.train()
+        out = net(x, SPACE.widths(CODE)) if isinstance(net, SuperNet) else net(x)
+        out.sum().backward()
+        kinds = {key[0] for key in onednn._PLANS}
+        assert kinds == {"conv_bn"}, kinds  # every conv of the step went through the fused node

@@ -42,10 +42,11 @@ class DynamicConv2D(nn.Layer):
             [out_channels, in_channels, kernel_size, kernel_size],
             default_initializer=nn.initializer.KaimingNormal())
 
-    def forward(self, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, out_channels: int, mode: str | None = None) -> paddle.Tensor:
+        """`mode` overrides the layer's conv implementation (tree scoring always runs fast)."""
         in_channels = x.shape[1]
         weight = leading(self.weight, (out_channels, in_channels))
-        return conv2d(x, weight, self.stride, self.padding, self.conv)
+        return conv2d(x, weight, self.stride, self.padding, mode or self.conv)
 
 
 def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,

@@ -258,9 +258,48 @@ class _Prim:
         self.lib.run(self.handle, self.n, self.args)
 
 
+class _Step:
+    """One primitive on memories given by address: each read through a reorder into the layout
+    the primitive chose (a scratch copy) when it differs, the written one likewise back out of it.
+    `fixed` arguments (statistics, workspaces) are pointed by the caller."""
+
+    def __init__(self, plan: "_Plan", pd, reads, write, fixed=()):
+        """reads: (arg, source memory, query, scratch) each; write: the same for the output."""
+        self.reads = []
+        for arg, src, query, scratch in reads:
+            mem, reorder = plan.layout_of(src, pd, query, into=True)
+            _check_scratch(reorder, scratch)
+            self.reads.append((arg, src, mem, reorder, scratch))
+        arg, self.dst, query, self.scratch = write
+        self.out, self.store = plan.layout_of(self.dst, pd, query, into=False)
+        _check_scratch(self.store, self.scratch)
+        args = [(a, mem) for a, _, mem, _, _ in self.reads] + [(arg, self.out), *fixed]
+        self.prim = plan.prim(pd, args)
+
+    def run(self, read_ptrs: list[int], write_ptr: int) -> None:
+        for (_, src, mem, reorder, scratch), ptr in zip(self.reads, read_ptrs):
+            src.point(ptr)
+            if reorder is not None:
+                mem.point(scratch.get(mem.nbytes))
+                reorder.run()
+        self.dst.point(write_ptr)
+        if self.store is not None:
+            self.out.point(self.scratch.get(self.out.nbytes))
+        self.prim.run()
+        if self.store is not None:
+            self.store.run()
+
+
+def _check_scratch(reorder, scratch) -> None:
+    # No scratch is given where the layouts are expected to agree (a batch norm on its conv's
+    # output); should oneDNN ever pick another, fail at plan time rather than mid-step.
+    if reorder is not None and scratch is None:
+        raise OneDNNError("oneDNN chose a layout this plan did not expect; use train.conv=stock")
+
+
 class _Plan:
-    """What a plan of primitives shares: descriptors it owns, the oneDNN-layout copies of Paddle's
-    plain tensors (`_into`, `_outof`, `_via`) and their release."""
+    """What a plan of primitives shares: the descriptors, memories and primitives it owns (and
+    releases), the conv's geometry, and the `_Step`s it runs (`impl_names`)."""
 
     def __init__(self, lib: _Library, x_shape, w_dims, s: int, p: int):
         n, c, h, w = x_shape
@@ -268,7 +307,7 @@ class _Plan:
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         self.lib = lib
         self.x_shape, self.y_shape = [n, c, h, w], [n, o, ho, wo]
-        self._mds, self._pds = [], []
+        self._mds, self._pds, self._mems, self._prims, self._steps = [], [], [], [], []
         self._any = [self._owned(lib.desc(d, _TAG_ANY)) for d in (self.x_shape, w_dims, self.y_shape)]
         # oneDNN's padding_r makes the output size exact; its dilation 0 means none.
         self._geometry = (_Dims(s, s), _Dims(0, 0), _Dims(p, p),
@@ -283,65 +322,56 @@ class _Plan:
         self._pds.append(pd)
         return pd
 
-    def _conv_pd(self, kind: str, *args) -> _vp:
+    def mem(self, md) -> _Mem:
+        self._mems.append(_Mem(self.lib, md))
+        return self._mems[-1]
+
+    def prim(self, pd, args: list[tuple[int, _Mem]]) -> _Prim:
+        self._prims.append(_Prim(self.lib, pd, args))
+        return self._prims[-1]
+
+    def step(self, pd, reads, write, fixed=()) -> _Step:
+        self._steps.append(_Step(self, pd, reads, write, fixed))
+        return self._steps[-1]
+
+    def _conv_pd(self, kind: str, prop_or_hint) -> _vp:
+        """The forward (given its prop kind), backward-data or backward-weights (given the forward
+        as hint) convolution of this geometry, layouts left to oneDNN."""
         x_any, w_any, y_any = self._any
-        lib = self.lib
+        engine = self.lib.engine
         if kind == "forward":
-            return self._pd("dnnl_convolution_forward_primitive_desc_create", lib.engine, args[0],
+            return self._pd("dnnl_convolution_forward_primitive_desc_create", engine, prop_or_hint,
                             _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, None)
         if kind == "data":
-            return self._pd("dnnl_convolution_backward_data_primitive_desc_create", lib.engine,
-                            _CONV_DIRECT, x_any, w_any, y_any, *self._geometry, args[0], None)
-        return self._pd("dnnl_convolution_backward_weights_primitive_desc_create", lib.engine,
-                        _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, args[0], None)
+            return self._pd("dnnl_convolution_backward_data_primitive_desc_create", engine,
+                            _CONV_DIRECT, x_any, w_any, y_any, *self._geometry, prop_or_hint, None)
+        return self._pd("dnnl_convolution_backward_weights_primitive_desc_create", engine,
+                        _CONV_DIRECT, x_any, w_any, None, y_any, *self._geometry, prop_or_hint, None)
 
     def _query(self, pd, what: int):
         return self.lib.dll.dnnl_primitive_desc_query_md(pd, what, 0)
 
-    def _reorder(self, src: _Mem, dst: _Mem) -> _Prim:
-        pd = self._pd("dnnl_reorder_primitive_desc_create", src.md, self.lib.engine, dst.md,
-                      self.lib.engine, None)
-        return _Prim(self.lib, pd, [(_ARG_SRC, src), (_ARG_DST, dst)])
-
-    def _into(self, src: _Mem, want) -> tuple[_Mem, _Prim | None]:
-        """The memory a primitive reads: `src` itself, or a `want`-layout copy and its reorder."""
-        if self.lib.dll.dnnl_memory_desc_equal(want, src.md):
-            return src, None
-        dst = _Mem(self.lib, want)
-        return dst, self._reorder(src, dst)
-
-    def _outof(self, dst: _Mem, have) -> tuple[_Mem, _Prim | None]:
-        """The memory a primitive writes: `dst` itself, or a `have`-layout one and its reorder."""
-        if self.lib.dll.dnnl_memory_desc_equal(have, dst.md):
-            return dst, None
-        src = _Mem(self.lib, have)
-        return src, self._reorder(src, dst)
-
-    @staticmethod
-    def _via(mem: _Mem, reorder: _Prim | None, scratch: _Scratch) -> None:
-        """Fill `mem`, a copy in a scratch buffer, by its reorder (nothing when there is none)."""
-        if reorder is not None:
-            mem.point(scratch.get(mem.nbytes))
-            reorder.run()
-
-    @staticmethod
-    def _write(mem: _Mem, store: _Prim | None, scratch: _Scratch, run: _Prim) -> None:
-        """Run a primitive whose output `mem` is a scratch copy when `store` exists, then store it."""
-        if store is not None:
-            mem.point(scratch.get(mem.nbytes))
-        run.run()
-        if store is not None:
-            store.run()
+    def layout_of(self, mem: _Mem, pd, query: int, into: bool) -> tuple[_Mem, _Prim | None]:
+        """The memory a primitive uses for `mem`: `mem` itself when the primitive's layout (its
+        `query`) is mem's, else a memory of that layout and the reorder into it from `mem` (into)
+        or out of it to `mem`."""
+        want = self._query(pd, query)
+        if self.lib.dll.dnnl_memory_desc_equal(want, mem.md):
+            return mem, None
+        other = self.mem(want)
+        src, dst = (mem, other) if into else (other, mem)
+        reorder = self._pd("dnnl_reorder_primitive_desc_create", src.md, self.lib.engine, dst.md,
+                           self.lib.engine, None)
+        return other, self.prim(reorder, [(_ARG_SRC, src), (_ARG_DST, dst)])
 
     def impl_names(self) -> list[str]:
-        return [p.name for p in self._compute]
+        return [step.prim.name for step in self._steps]
 
     def close(self) -> None:
-        for obj in list(vars(self).values()):
-            if isinstance(obj, _Prim):
-                self.lib.call("dnnl_primitive_destroy", obj.handle)
-        for obj in {id(o): o for o in vars(self).values() if isinstance(o, _Mem)}.values():
-            self.lib.call("dnnl_memory_destroy", obj.handle)
+        for prim in self._prims:
+            self.lib.call("dnnl_primitive_destroy", prim.handle)
+        for mem in self._mems:
+            self.lib.call("dnnl_memory_destroy", mem.handle)
         for pd in self._pds:
             self.lib.call("dnnl_primitive_desc_destroy", pd)
         for md in self._mds:
@@ -357,66 +387,39 @@ class ConvPlan(_Plan):
         self.w_shape = list(w_shape)
         x_md, w_md, y_md = (self._owned(lib.desc(d, _TAG_ABCD))
                             for d in (self.x_shape, self.w_shape, self.y_shape))
-        self.x, self.w, self.y = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
-        self.dx, self.dw, self.dy = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
-        fwd = self._fwd_pd = self._conv_pd(
-            "forward", _FORWARD_TRAINING if training else _FORWARD_INFERENCE)
-        self.xc, self.load_x = self._into(self.x, self._query(fwd, _Q_SRC))
-        self.wc, self.load_w = self._into(self.w, self._query(fwd, _Q_WEIGHTS))
-        self.yc, self.store_y = self._outof(self.y, self._query(fwd, _Q_DST))
-        self.fwd = _Prim(lib, fwd, [(_ARG_SRC, self.xc), (_ARG_WEIGHTS, self.wc), (_ARG_DST, self.yc)])
+        self.x, self.w, self.y = self.mem(x_md), self.mem(w_md), self.mem(y_md)
+        self.dx, self.dw, self.dy = self.mem(x_md), self.mem(w_md), self.mem(y_md)
+        self._fwd_pd = self._conv_pd("forward", _FORWARD_TRAINING if training else _FORWARD_INFERENCE)
+        self.fwd = self.step(self._fwd_pd, [(_ARG_SRC, self.x, _Q_SRC, _S_X),
+                                            (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+                             (_ARG_DST, self.y, _Q_DST, _S_Y))
         self.data = self.weights = None
-        self._compute = [self.fwd]
 
     # Each tensor is bound to a name for the whole call: a temporary contiguous copy would be
     # freed as soon as its pointer is taken.
     def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        x, weight = _contiguous(x), _contiguous(weight)
-        self.x.point(x.data_ptr())
-        self._via(self.xc, self.load_x, _S_X)
-        self.w.point(weight.data_ptr())
-        self._via(self.wc, self.load_w, _S_W)
-        y = _empty(self.y_shape)
-        self.y.point(y.data_ptr())
-        self._write(self.yc, self.store_y, _S_Y, self.fwd)
+        x, weight, y = _contiguous(x), _contiguous(weight), _empty(self.y_shape)
+        self.fwd.run([x.data_ptr(), weight.data_ptr()], y.data_ptr())
         return y
 
     def backward_data(self, dy: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
         if self.data is None:
-            pd = self._conv_pd("data", self._fwd_pd)
-            self.dyd, self.load_dyd = self._into(self.dy, self._query(pd, _Q_DIFF_DST))
-            self.wd, self.load_wd = self._into(self.w, self._query(pd, _Q_WEIGHTS))
-            self.dxc, self.store_dx = self._outof(self.dx, self._query(pd, _Q_DIFF_SRC))
-            self.data = _Prim(self.lib, pd, [(_ARG_DIFF_DST, self.dyd), (_ARG_WEIGHTS, self.wd),
-                                             (_ARG_DIFF_SRC, self.dxc)])
-            self._compute.append(self.data)
-        dy, weight = _contiguous(dy), _contiguous(weight)
-        self.dy.point(dy.data_ptr())
-        self._via(self.dyd, self.load_dyd, _S_Y)
-        self.w.point(weight.data_ptr())
-        self._via(self.wd, self.load_wd, _S_W)
-        dx = _empty(self.x_shape)
-        self.dx.point(dx.data_ptr())
-        self._write(self.dxc, self.store_dx, _S_X, self.data)
+            self.data = self.step(self._conv_pd("data", self._fwd_pd),
+                                  [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y),
+                                   (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+                                  (_ARG_DIFF_SRC, self.dx, _Q_DIFF_SRC, _S_X))
+        dy, weight, dx = _contiguous(dy), _contiguous(weight), _empty(self.x_shape)
+        self.data.run([dy.data_ptr(), weight.data_ptr()], dx.data_ptr())
         return dx
 
     def backward_weights(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
         if self.weights is None:
-            pd = self._conv_pd("weights", self._fwd_pd)
-            self.xw, self.load_xw = self._into(self.x, self._query(pd, _Q_SRC))
-            self.dyw, self.load_dyw = self._into(self.dy, self._query(pd, _Q_DIFF_DST))
-            self.dwc, self.store_dw = self._outof(self.dw, self._query(pd, _Q_DIFF_WEIGHTS))
-            self.weights = _Prim(self.lib, pd, [(_ARG_SRC, self.xw), (_ARG_DIFF_DST, self.dyw),
-                                                (_ARG_DIFF_WEIGHTS, self.dwc)])
-            self._compute.append(self.weights)
-        x, dy = _contiguous(x), _contiguous(dy)
-        self.x.point(x.data_ptr())
-        self._via(self.xw, self.load_xw, _S_X)
-        self.dy.point(dy.data_ptr())
-        self._via(self.dyw, self.load_dyw, _S_Y)
-        dw = _empty(self.w_shape)
-        self.dw.point(dw.data_ptr())
-        self._write(self.dwc, self.store_dw, _S_W, self.weights)
+            self.weights = self.step(self._conv_pd("weights", self._fwd_pd),
+                                     [(_ARG_SRC, self.x, _Q_SRC, _S_X),
+                                      (_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)],
+                                     (_ARG_DIFF_WEIGHTS, self.dw, _Q_DIFF_WEIGHTS, _S_W))
+        x, dy, dw = _contiguous(x), _contiguous(dy), _empty(self.w_shape)
+        self.weights.run([x.data_ptr(), dy.data_ptr()], dw.data_ptr())
         return dw
 
 
@@ -439,12 +442,12 @@ class ConvBNPlan(_Plan):
         c = int(x_shape[1])
         super().__init__(lib, x_shape, [o, c, k, k], s, p)
         self.relu, self.eps, self.o, self.w_full = relu, eps, o, [int(d) for d in w_full]
+        self.max_pool = max_pool
         conv = self._conv_fwd = self._conv_pd("forward", _FORWARD_TRAINING)
-        z_md = self._z_md = self._query(conv, _Q_DST)
+        z_md = self._query(conv, _Q_DST)
         self.flags = _BN_SCALE | _BN_SHIFT | (_BN_RELU if relu else 0)
         bn = self._bn_fwd = self._pd("dnnl_batch_normalization_forward_primitive_desc_create",
                                      lib.engine, _FORWARD_TRAINING, z_md, z_md, eps, self.flags, None)
-        self.max_pool = max_pool
         if max_pool:
             n, _, h, w = self.y_shape
             pk, ps, pp = max_pool
@@ -460,93 +463,81 @@ class ConvBNPlan(_Plan):
         w_md = self._owned(lib.new("dnnl_memory_desc_create_with_strides", 4, _Dims(o, c, k, k),
                                    _F32, _Dims(big_c * k * k, k * k, k, 1)))
         stat_md = self._owned(lib.desc([o], _TAG_A))
-        # Paddle's plain tensors (the weight: its leading block, in place), and the layouts the
-        # primitives read or write.
-        self.x, self.w, self.y = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
-        self.dx, self.dw, self.dy = _Mem(lib, x_md), _Mem(lib, w_md), _Mem(lib, y_md)
+        # Paddle's plain tensors (the weight: its leading block, in place), the conv output in
+        # oneDNN's layout, the batch statistics and BN parameters.
+        self.x, self.w, self.y = self.mem(x_md), self.mem(w_md), self.mem(y_md)
+        self.dx, self.dw, self.dy = self.mem(x_md), self.mem(w_md), self.mem(y_md)
+        self.z = self.mem(z_md)
         self.mean, self.var, self.scale, self.shift, self.dscale, self.dshift = (
-            _Mem(lib, stat_md) for _ in range(6))
-        self.z = _Mem(lib, z_md)
-        self.xc, self.load_x = self._into(self.x, self._query(conv, _Q_SRC))
-        self.wc, self.load_w = self._into(self.w, self._query(conv, _Q_WEIGHTS))
-        self.ws = _Mem(lib, self._query(bn, _Q_WORKSPACE)) if relu else None
+            self.mem(stat_md) for _ in range(6))
+        self.ws = self.mem(self._query(bn, _Q_WORKSPACE)) if relu else None
+        self.conv = self.step(conv, [(_ARG_SRC, self.x, _Q_SRC, _S_X),
+                                     (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+                              (_ARG_DST, self.z, _Q_DST, None))
+        stats = [(_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var), (_ARG_SCALE, self.scale),
+                 (_ARG_SHIFT, self.shift), *self._workspace()]
         if max_pool:
-            self.a = _Mem(lib, self._query(bn, _Q_DST))  # the batch norm's output, pooled next
-            self.yc, self.store_y = self._outof(self.y, self._query(pool, _Q_DST))
-            self.pool_ws = _Mem(lib, self._query(pool, _Q_WORKSPACE))
-            self.pool = _Prim(lib, pool, [(_ARG_SRC, self.a), (_ARG_DST, self.yc),
-                                          (_ARG_WORKSPACE, self.pool_ws)])
+            self.a = self.mem(self._query(bn, _Q_DST))  # the batch norm's output, pooled next
+            self.bn = self.step(bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
+                                (_ARG_DST, self.a, _Q_DST, None), stats)
+            self.pool_ws = self.mem(self._query(pool, _Q_WORKSPACE))
+            self.pool = self.step(pool, [(_ARG_SRC, self.a, _Q_SRC, None)],
+                                  (_ARG_DST, self.y, _Q_DST, _S_Y), [(_ARG_WORKSPACE, self.pool_ws)])
         else:
-            self.yc, self.store_y = self._outof(self.y, self._query(bn, _Q_DST))
-            self.a = self.yc
-        self.conv = _Prim(lib, conv, [(_ARG_SRC, self.xc), (_ARG_WEIGHTS, self.wc), (_ARG_DST, self.z)])
-        self.bn = _Prim(lib, bn, [(_ARG_SRC, self.z), (_ARG_DST, self.a), (_ARG_MEAN, self.mean),
-                                  (_ARG_VARIANCE, self.var), (_ARG_SCALE, self.scale),
-                                  (_ARG_SHIFT, self.shift)] + self._workspace())
-        self._compute = [self.conv, self.bn] + ([self.pool] if max_pool else [])
-        self.bn_bwd = None  # the backward primitives, built on first use
+            self.bn = self.step(bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
+                                (_ARG_DST, self.y, _Q_DST, _S_Y), stats)
+        self.bn_bwd = None  # the backward steps, built on first use
 
     def _workspace(self) -> list[tuple[int, _Mem]]:
         return [(_ARG_WORKSPACE, self.ws)] if self.relu else []
 
     def _build_backward(self) -> None:
-        lib, z_md = self.lib, self._z_md
+        lib, z_md = self.lib, self.z.md
         bn = self._pd("dnnl_batch_normalization_backward_primitive_desc_create", lib.engine,
                       _BACKWARD, z_md, z_md, z_md, self.eps, self.flags, self._bn_fwd, None)
+        self.dz = self.mem(self._query(bn, _Q_DIFF_SRC))
+        fixed = [(_ARG_SRC, self.z), (_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var),
+                 (_ARG_SCALE, self.scale), (_ARG_DIFF_SCALE, self.dscale),
+                 (_ARG_DIFF_SHIFT, self.dshift), *self._workspace()]
         if self.max_pool:
             pool = self._pd("dnnl_pooling_backward_primitive_desc_create", lib.engine, _POOLING_MAX,
                             z_md, self._pool_any, *self._pool_geometry, self._pool_fwd, None)
-            self.dyc, self.load_dy = self._into(self.dy, self._query(pool, _Q_DIFF_DST))
-            self.da = _Mem(lib, self._query(bn, _Q_DIFF_DST))  # the pool's input gradient
-            self.pool_bwd = _Prim(lib, pool, [(_ARG_DIFF_DST, self.dyc),
-                                              (_ARG_WORKSPACE, self.pool_ws), (_ARG_DIFF_SRC, self.da)])
+            self.da = self.mem(self._query(bn, _Q_DIFF_DST))  # the pool's input gradient
+            self.pool_bwd = self.step(pool, [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)],
+                                      (_ARG_DIFF_SRC, self.da, _Q_DIFF_SRC, None),
+                                      [(_ARG_WORKSPACE, self.pool_ws)])
+            bn_reads = [(_ARG_DIFF_DST, self.da, _Q_DIFF_DST, None)]
         else:
-            self.dyc, self.load_dy = self._into(self.dy, self._query(bn, _Q_DIFF_DST))
-            self.da = self.dyc
-        self.dz = _Mem(lib, self._query(bn, _Q_DIFF_SRC))
-        self.bn_bwd = _Prim(lib, bn, [
-            (_ARG_SRC, self.z), (_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var),
-            (_ARG_DIFF_DST, self.da), (_ARG_SCALE, self.scale), (_ARG_DIFF_SRC, self.dz),
-            (_ARG_DIFF_SCALE, self.dscale), (_ARG_DIFF_SHIFT, self.dshift)] + self._workspace())
-        data = self._conv_pd("data", self._conv_fwd)
-        self.dzd, self.dz_to_data = self._into(self.dz, self._query(data, _Q_DIFF_DST))
-        self.wd, self.load_wd = self._into(self.w, self._query(data, _Q_WEIGHTS))
-        self.dxc, self.store_dx = self._outof(self.dx, self._query(data, _Q_DIFF_SRC))
-        self.data = _Prim(lib, data, [(_ARG_DIFF_DST, self.dzd), (_ARG_WEIGHTS, self.wd),
-                                      (_ARG_DIFF_SRC, self.dxc)])
-        weights = self._conv_pd("weights", self._conv_fwd)
-        self.xw, self.load_xw = self._into(self.x, self._query(weights, _Q_SRC))
-        self.dzw, self.dz_to_weights = self._into(self.dz, self._query(weights, _Q_DIFF_DST))
-        self.dwc, self.store_dw = self._outof(self.dw, self._query(weights, _Q_DIFF_WEIGHTS))
-        self.weights = _Prim(lib, weights, [(_ARG_SRC, self.xw), (_ARG_DIFF_DST, self.dzw),
-                                            (_ARG_DIFF_WEIGHTS, self.dwc)])
-        self._compute += ([self.pool_bwd] if self.max_pool else []) + [self.bn_bwd, self.data,
-                                                                        self.weights]
+            bn_reads = [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)]
+        self.bn_bwd = self.step(bn, bn_reads, (_ARG_DIFF_SRC, self.dz, _Q_DIFF_SRC, None), fixed)
+        self.data = self.step(self._conv_pd("data", self._conv_fwd),
+                              [(_ARG_DIFF_DST, self.dz, _Q_DIFF_DST, _S_TMP),
+                               (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+                              (_ARG_DIFF_SRC, self.dx, _Q_DIFF_SRC, _S_X))
+        self.weights = self.step(self._conv_pd("weights", self._conv_fwd),
+                                 [(_ARG_SRC, self.x, _Q_SRC, _S_X),
+                                  (_ARG_DIFF_DST, self.dz, _Q_DIFF_DST, _S_TMP)],
+                                 (_ARG_DIFF_WEIGHTS, self.dw, _Q_DIFF_WEIGHTS, _S_Y))
 
     def forward(self, x, weight, gamma, beta, running_mean, running_var, momentum: float):
         """y and the tensors backward needs. Updates the leading o running statistics in place
         (running = momentum * running + (1 - momentum) * batch), as Paddle's batch_norm does."""
         x, weight, gamma, beta = (_contiguous(t) for t in (x, weight, gamma, beta))
-        self.x.point(x.data_ptr())
-        self._via(self.xc, self.load_x, _S_X)
-        self.w.point(weight.data_ptr())
-        self._via(self.wc, self.load_w, _S_W)
         z = self.z.tensor()
-        self.conv.run()
+        self.conv.run([x.data_ptr(), weight.data_ptr()], z.data_ptr())
         mean, var = self.mean.tensor(), self.var.tensor()
         ws = self.ws.tensor() if self.relu else None
         self.scale.point(gamma.data_ptr())
         self.shift.point(beta.data_ptr())
         y = _empty(self.y_shape)
-        self.y.point(y.data_ptr())
         pool_ws = None
         if self.max_pool:
-            self.a.point(_S_TMP.get(self.a.nbytes))
-            self.bn.run()
+            a = _S_TMP.get(self.a.nbytes)
+            self.bn.run([z.data_ptr()], a)
             pool_ws = self.pool_ws.tensor()
-            self._write(self.yc, self.store_y, _S_Y, self.pool)
+            self.pool.run([a], y.data_ptr())
         else:
-            self._write(self.yc, self.store_y, _S_Y, self.bn)
+            self.bn.run([z.data_ptr()], y.data_ptr())
         for running, batch in ((running_mean, mean), (running_var, var)):
             r = _floats(running.data_ptr(), self.o)
             r *= np.float32(momentum)
@@ -560,12 +551,6 @@ class ConvBNPlan(_Plan):
             self._build_backward()
         x, z, mean, var, ws, pool_ws = saved
         dy, weight, gamma = _contiguous(dy), _contiguous(weight), _contiguous(gamma)
-        self.dy.point(dy.data_ptr())
-        self._via(self.dyc, self.load_dy, _S_Y)
-        if self.max_pool:
-            self.pool_ws.point(pool_ws.data_ptr())
-            self.da.point(_S_TMP.get(self.da.nbytes))
-            self.pool_bwd.run()
         for mem, t in ((self.z, z), (self.mean, mean), (self.var, var), (self.scale, gamma)):
             mem.point(t.data_ptr())
         if ws is not None:
@@ -574,24 +559,22 @@ class ConvBNPlan(_Plan):
         dgamma, dbeta = (_empty([full]) if full == self.o else _zeros([full]) for _ in range(2))
         self.dscale.point(dgamma.data_ptr())
         self.dshift.point(dbeta.data_ptr())
-        self.dz.point(_S_DZ.get(self.dz.nbytes))
-        self.bn_bwd.run()
+        dz = _S_DZ.get(self.dz.nbytes)
+        if self.max_pool:
+            self.pool_ws.point(pool_ws.data_ptr())
+            da = _S_TMP.get(self.da.nbytes)
+            self.pool_bwd.run([dy.data_ptr()], da)
+            self.bn_bwd.run([da], dz)
+        else:
+            self.bn_bwd.run([dy.data_ptr()], dz)
         dx = dw = None
         if need_dx:
-            self.w.point(weight.data_ptr())
-            self._via(self.wd, self.load_wd, _S_W)
-            self._via(self.dzd, self.dz_to_data, _S_TMP)
             dx = _empty(self.x_shape)
-            self.dx.point(dx.data_ptr())
-            self._write(self.dxc, self.store_dx, _S_X, self.data)
+            self.data.run([dz, weight.data_ptr()], dx.data_ptr())
         if need_dw:
-            self.x.point(x.data_ptr())
-            self._via(self.xw, self.load_xw, _S_X)
-            self._via(self.dzw, self.dz_to_weights, _S_TMP)
             whole = self.w_full[:2] == [self.o, self.x_shape[1]]
             dw = _empty(self.w_full) if whole else _zeros(self.w_full)
-            self.dw.point(dw.data_ptr())
-            self._write(self.dwc, self.store_dw, _S_Y, self.weights)
+            self.weights.run([x.data_ptr(), dz], dw.data_ptr())
         return dx, dw, (dgamma if need_dgamma else None), (dbeta if need_dbeta else None)
 
 

@@ -45,8 +45,6 @@ from typing import Iterator, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from .conv import conv2d
-from .layers import leading
 from .space import STAGE_STRIDES, SearchSpace, Widths, _conv_out, needs_projection
 from .supernet import STEM_POOL, SuperNet
 
@@ -176,12 +174,6 @@ class _LayerEngine:
         return acts[1]
 
 
-def _fast_conv(layer, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
-    """A DynamicConv2D's conv in track1.conv's fast mode, whatever mode the layer has."""
-    weight = leading(layer.weight, (out_channels, int(x.shape[1])))
-    return conv2d(x, weight, layer.stride, layer.padding, "fast")
-
-
 class _FastEngine:
     """The same computation with every calibration and evaluation image in one tensor per layer.
 
@@ -202,15 +194,15 @@ class _FastEngine:
     def run(self, key: tuple, x: paddle.Tensor) -> paddle.Tensor:
         model = self.model
         if key[0] == "stem":
-            x = F.relu(self._bn(model.stem_bn, _fast_conv(model.stem_conv, x, key[1])))
+            x = F.relu(self._bn(model.stem_bn, model.stem_conv(x, key[1], "fast")))
             return F.max_pool2d(x, *STEM_POOL)
         stage, i, mid, out = key
         block = model.stages[stage][i]
         # DynamicBlock.forward with the fast conv and per-part BN (tests check that the two agree).
-        y = F.relu(self._bn(block.bn1, _fast_conv(block.conv1, x, mid)))
-        y = self._bn(block.bn2, _fast_conv(block.conv2, y, out))
+        y = F.relu(self._bn(block.bn1, block.conv1(x, mid, "fast")))
+        y = self._bn(block.bn2, block.conv2(y, out, "fast"))
         if block.projection:
-            x = self._bn(block.shortcut_bn, _fast_conv(block.shortcut_conv, x, out))
+            x = self._bn(block.shortcut_bn, block.shortcut_conv(x, out, "fast"))
         return block.act(y + x)
 
     def _bn(self, bn, y: paddle.Tensor) -> paddle.Tensor:
