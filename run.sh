@@ -70,7 +70,7 @@ fi
 # Each of the NPROC ranks gets its share of the cores (all of them with one process).
 per_rank=$(( $(nproc) / NPROC )); [ "$per_rank" -ge 1 ] || per_rank=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$per_rank}
-RUN_DIR=$("$PY" -c 'import sys; from track1.config import load_config, run_dir
+RUN_DIR=$("$PY" -c 'import sys; from track1.pipeline.config import load_config, run_dir
 o = [a for a in sys.argv[2:] if a != "-o"]
 print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"

@@ -1,4 +1,4 @@
-"""Time track1.conv against Paddle's stock conv2d: per conv shape, and whole training steps.
+"""Time track1.network.conv against Paddle's stock conv2d: per conv shape, and whole training steps.
 
 Per shape (the convs of the width-0.25 32 px network): forward, and forward + backward (input and
 weight gradients), for stock F.conv2d and the fast mode (oneDNN), interleaved round by round,
@@ -76,7 +76,7 @@ def _median_rounds(funcs: dict, rounds: int, reps: int) -> dict:
 def bench_shapes(args, paddle, F, conv) -> None:
     import numpy as np
 
-    from track1 import onednn
+    from track1.network import onednn
     rng = np.random.default_rng(0)
     print(f"{'shape':<14} {'N':>4} | stock: fwd   f+b | fast: fwd   f+b | f+b x | oneDNN kernels")
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -102,7 +102,8 @@ def bench_steps(args, paddle, F) -> dict:
     import numpy as np
 
     from track1.space import SearchSpace
-    from track1.supernet import ResNet, SuperNet
+    from track1.network.resnet import ResNet
+    from track1.network.supernet import SuperNet
 
     space = SearchSpace(width_mult=0.25, resolution=32, num_classes=10)
     code = OFFICIAL_ARCH1
@@ -154,7 +155,7 @@ def worker(args) -> int:
     import paddle
     import paddle.nn.functional as F
 
-    from track1 import conv
+    from track1.network import conv
     paddle.set_device("cpu")
     paddle.base.core.set_num_threads(threads)
     print(f"\n== {threads} thread(s), Paddle {paddle.__version__}, median of {args.rounds} "
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    print("what: track1.conv (fast) vs stock F.conv2d, per conv shape and per training step")
+    print("what: track1.network.conv (fast) vs stock F.conv2d, per conv shape and per training step")
     print(f"on: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print("command: " + " ".join([os.path.relpath(sys.executable, ROOT), *sys.argv]))

@@ -49,12 +49,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from track1.config import load_config  # noqa: E402
-from track1.cream import Cream  # noqa: E402
-from track1.precision import Precision  # noqa: E402
-from track1.sampling import step_subnets  # noqa: E402
-from track1.scoring import calibrate_bn, evaluate  # noqa: E402
-from track1.train import (Teacher, build_optimizer, build_sampler, build_supernet,  # noqa: E402
+from track1.pipeline.config import load_config  # noqa: E402
+from track1.methods.cream import Cream  # noqa: E402
+from track1.pipeline.precision import Precision  # noqa: E402
+from track1.methods.sampling import step_subnets  # noqa: E402
+from track1.ranking.scoring import calibrate_bn, evaluate  # noqa: E402
+from track1.pipeline.train import (Teacher, build_optimizer, build_sampler, build_supernet,  # noqa: E402
                           plan_step, train_step)
 
 CUDA = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0

@@ -49,11 +49,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from track1 import proxies  # noqa: E402
+from track1.ranking import proxies  # noqa: E402
 from track1.files import append_jsonl, read_jsonl, repair_jsonl  # noqa: E402
-from track1.proxy_runs import gaussian_batch  # noqa: E402
+from track1.ranking.proxy_runs import gaussian_batch  # noqa: E402
 from track1.space import SearchSpace, unique_widths  # noqa: E402
-from track1.submission import load_arch_list  # noqa: E402
+from track1.ranking.submission import load_arch_list  # noqa: E402
 
 space = SearchSpace(width_mult=1.0, resolution=224, num_classes=1000)
 official = list(load_arch_list(args.arch_list).values())
@@ -122,7 +122,7 @@ if not args.report_only:
 
 
 # -- report ----------------------------------------------------------------------------------------
-from track1.teacher import parse_teacher, zscore_ensemble  # noqa: E402
+from track1.methods.teacher import parse_teacher, zscore_ensemble  # noqa: E402
 
 
 def scores(name: str, res: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 Per-code is scoring.score_widths for every distinct network (calibrate_bn + evaluate on the whole
 subnet, what score_list does); tree is prefix.score_tree (each distinct leading-layer prefix once,
-every convolution in track1.conv's fast mode: oneDNN). Space: the embedded default
+every convolution in track1.network.conv's fast mode: oneDNN). Space: the embedded default
 SearchSpace(width_mult=0.25, resolution=32, num_classes=10); calibration and evaluation sets as
 configs/default.yaml sizes them (score.calib_images in batches of score.calib_batch,
 score.val_images in batches of score.eval_batch), real Fashion-MNIST when data/fashion-mnist is
@@ -66,11 +66,11 @@ def main(argv=None) -> int:
     import numpy as np
     import paddle
 
-    from track1.config import load_config
-    from track1.prefix import count_macs, score_tree, shared_macs_by_part
-    from track1.scoring import score_widths
+    from track1.pipeline.config import load_config
+    from track1.ranking.tree import count_macs, score_tree, shared_macs_by_part
+    from track1.ranking.scoring import score_widths
     from track1.space import SearchSpace
-    from track1.supernet import SuperNet
+    from track1.network.supernet import SuperNet
 
     paddle.set_device("cpu")
     if hasattr(paddle.base.core, "set_num_threads"):
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     paddle.seed(args.seed)
     model = SuperNet(space, conv="fast")  # what `score` builds from the default config
     if args.checkpoint:
-        from track1.checkpoint import load_weights
+        from track1.pipeline.checkpoint import load_weights
         load_weights(Path(args.checkpoint), model)
     model.eval()
 

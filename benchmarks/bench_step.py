@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     import paddle.nn.functional as F
 
     from track1.space import SearchSpace
-    from track1.supernet import SuperNet
+    from track1.network.supernet import SuperNet
 
     paddle.set_device("cpu")
     if hasattr(paddle.base.core, "set_num_threads"):

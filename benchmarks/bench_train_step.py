@@ -51,10 +51,10 @@ def worker(root: str, overrides: list[str]) -> None:
     import numpy as np
     import paddle
 
-    from track1 import sampling
-    from track1 import train as train_mod
-    from track1.config import load_config
-    from track1.train import Teacher, build_optimizer, build_supernet, train_step
+    from track1.methods import sampling
+    from track1.pipeline import train as train_mod
+    from track1.pipeline.config import load_config
+    from track1.pipeline.train import Teacher, build_optimizer, build_supernet, train_step
 
     cfg = load_config(None, overrides)
     t, r = cfg["train"], cfg["train"]["ranking"]

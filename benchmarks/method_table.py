@@ -25,11 +25,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from track1 import checkpoint  # noqa: E402
-from track1.config import load_config  # noqa: E402
-from track1.metrics import load_scores, plot, rank_metrics  # noqa: E402
-from track1.standalone import ceiling  # noqa: E402
-from track1.train import build_space  # noqa: E402
+from track1.pipeline import checkpoint  # noqa: E402
+from track1.pipeline.config import load_config  # noqa: E402
+from track1.ranking.metrics import load_scores, plot, rank_metrics  # noqa: E402
+from track1.pipeline.standalone import ceiling  # noqa: E402
+from track1.pipeline.train import build_space  # noqa: E402
 
 PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
 
@@ -37,7 +37,7 @@ PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow",
 def run(*args: str, threads: int) -> None:
     cmd = [sys.executable, "-m", "track1", *args]
     print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
-    # The environment variable wins over run.threads (track1.cli), so it is set here, per run.
+    # The environment variable wins over run.threads (track1.pipeline.cli), so it is set here, per run.
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 

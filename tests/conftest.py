@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from track1.config import load_config
+from track1.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_LIST = REPO.parent / "shared" / "data" / "CVPR_2022_NAS_Track1_test.json"

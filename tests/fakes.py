@@ -8,8 +8,8 @@ import struct
 import numpy as np
 from PIL import Image
 
-from track1 import fmnist
-from track1.datafiles import DataError
+from track1.data import fmnist
+from track1.data.datafiles import DataError
 
 N_TRAIN, N_TEST = 64, 16
 

@@ -8,6 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from track1.cli import main  # noqa: E402
+from track1.pipeline.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Entry point of `python -m track1`."""
 import sys
 
-from .cli import main
+from track1.pipeline.cli import main
 
 sys.exit(main())

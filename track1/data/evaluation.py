@@ -1,0 +1,114 @@
+"""Fixed evaluation sets: calibration and validation images in a canonical order, uint8 on the host,
+converted to float tensors one batch at a time."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import paddle
+
+from track1.data.datafiles import CACHE
+from track1.data.images import ImageDataset, collate, image_samples, rgb_to_tensor
+from track1.data.sources import ARRAY_DATA, arrays, check_name, first_n
+
+# Folder/list evaluation images are kept in memory (uint8) up to this size; larger sets are decoded
+# again on every pass, except the scoring sets (calibration_batches, validation_batches).
+EVAL_CACHE_BYTES = 1 << 30
+
+#
+# Every split has one canonical order: file order for in-memory data, a fixed shuffle of the
+# listing for folder/list data (images.CANONICAL_SEED), so "the first N images" (data.train_size,
+# data.val_size, score.calib_images, score.val_images) covers all classes.
+
+class EvalSet:
+    """The first n images of a split as re-iterable (x, y) batches without augmentation.
+
+    Images stay uint8 on the host; each batch becomes a float tensor (on the device) only when it
+    is reached, so a pass holds one batch of floats at a time. len() is the number of batches.
+    Folder/list sets above EVAL_CACHE_BYTES are decoded again on every pass unless `keep` is set.
+    """
+
+    def __init__(self, cfg: dict, split: str, n: int, batch: int, keep: bool = False):
+        d = cfg["data"]
+        check_name(d["name"])
+        self.cfg, self.batch = cfg, int(batch)
+        self._images = self._labels = None
+        if d["name"] in ARRAY_DATA:
+            images, labels, self._to_tensor = arrays(cfg, split)
+            self.n = first_n(first_n(len(labels), d[f"{split}_size"]), n)
+            self._images, self._labels = images[:self.n], labels[:self.n]
+            return
+        samples = image_samples(cfg, split)
+        self.n = first_n(first_n(len(samples), d[f"{split}_size"]), n)
+        res = cfg["space"]["resolution"]
+        self._dataset = ImageDataset(samples[:self.n], res, augment=False)
+        self._to_tensor = rgb_to_tensor
+        if keep or self.n * 3 * res * res <= EVAL_CACHE_BYTES:
+            key = ("eval", d["name"], str(Path(d["root"]).resolve()),
+                   d[f"{split}_list"] if d["name"] == "list" else "", split, self.n, res)
+            if key not in CACHE:
+                parts = [(x.numpy(), y.numpy()) for x, y in self._loader()]
+                CACHE[key] = (np.concatenate([p[0] for p in parts]),
+                              np.concatenate([p[1] for p in parts]))
+            self._images, self._labels = CACHE[key]
+
+    def _loader(self):
+        batches = [list(range(i, min(i + self.batch, self.n))) for i in range(0, self.n, self.batch)]
+        return paddle.io.DataLoader(self._dataset, batch_sampler=batches, collate_fn=collate,
+                                    num_workers=int(self.cfg["data"]["num_workers"]))
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch)
+
+    def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
+        if self._images is None:
+            for x, y in self._loader():
+                yield self._to_tensor(x), y
+            return
+        for i in range(0, self.n, self.batch):
+            yield (self._to_tensor(self._images[i:i + self.batch]),
+                   paddle.to_tensor(self._labels[i:i + self.batch]))
+
+    def images(self) -> EvalImages:
+        """The same batches without their labels."""
+        return EvalImages(self)
+
+
+class EvalImages:
+    """An EvalSet's image batches only (x of each (x, y)): re-iterable, with len()."""
+
+    def __init__(self, eval_set: EvalSet):
+        self._set = eval_set
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __iter__(self) -> Iterator[paddle.Tensor]:
+        s = self._set
+        if s._images is None:
+            yield from (x for x, _ in s)
+            return
+        for i in range(0, s.n, s.batch):
+            yield s._to_tensor(s._images[i:i + s.batch])
+
+
+def validation_set(cfg: dict, n: int = 0, batch: int = 500) -> EvalSet:
+    """The first n validation (Fashion-MNIST, CIFAR: test) images, 0 = all (data.val_size still applies)."""
+    return EvalSet(cfg, "val", n, batch)
+
+
+def validation_batches(cfg: dict) -> EvalSet:
+    """The fixed scoring set: the first score.val_images validation images, score.eval_batch a batch.
+
+    Iterated once per scored network, so folder/list images are always kept (uint8, on the host).
+    """
+    s = cfg["score"]
+    return EvalSet(cfg, "val", s["val_images"], s["eval_batch"], keep=True)
+
+
+def calibration_batches(cfg: dict) -> EvalImages:
+    """Images for BN re-calibration: the first score.calib_images training images (within
+    data.train_size), unaugmented, in fixed order, score.calib_batch a batch."""
+    s = cfg["score"]
+    return EvalSet(cfg, "train", s["calib_images"], s["calib_batch"], keep=True).images()

@@ -1,0 +1,140 @@
+"""Running zero-cost proxies: their settings and input batch, a whole list cached and resumable, the output."""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from track1.errors import ConfigError
+from track1.files import append_jsonl, resume_log
+from track1.ranking.proxies import NEEDS_DATA, PROXIES, Batch, compute
+from track1.space import SearchSpace, Widths
+
+INPUTS = ("data", "gaussian")
+# Proxies that read nothing of the batch, not even its shape (synflow and zen read the shape).
+SHAPE_FREE = frozenset({"flops", "params"})
+
+
+def proxy_settings(cfg: Mapping) -> dict:
+    """cfg["proxies"] resolved: resolution 0 -> space.resolution; ConfigError on bad values."""
+    p = cfg["proxies"]
+    resolution = int(p["resolution"]) or int(cfg["space"]["resolution"])
+    settings = {"batch_size": int(p["batch_size"]), "resolution": resolution, "seed": int(p["seed"]),
+                "repeats": int(p["repeats"]), "input": str(p["input"])}
+    if settings["batch_size"] < 2:
+        raise ConfigError("proxies.batch_size must be >= 2 (jacob_cov and naswot compare samples)")
+    if settings["repeats"] < 1:
+        raise ConfigError("proxies.repeats must be >= 1")
+    if resolution < 1:
+        raise ConfigError("proxies.resolution must be >= 0 (0 = space.resolution)")
+    if settings["input"] not in INPUTS:
+        raise ConfigError(f"proxies.input must be one of {', '.join(INPUTS)}, got {settings['input']!r}")
+    return settings
+
+
+def input_kind(cfg: Mapping, name: str) -> str:
+    """What a proxy's batch is made of: "data", "gaussian", or "none" for the data-free ones, whose
+    batch (Gaussian) only gives synflow and zen its shape."""
+    return proxy_settings(cfg)["input"] if name in NEEDS_DATA else "none"
+
+
+def gaussian_batch(n: int, resolution: int, num_classes: int, seed: int, channels: int = 3) -> Batch:
+    """n standard-normal images and labels uniform over the classes, from numpy's seeded generator
+    (the same on every machine and thread count)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, channels, resolution, resolution), dtype=np.float32)
+    y = rng.integers(0, num_classes, n).astype("int64")
+    return paddle.to_tensor(x), paddle.to_tensor(y)
+
+
+def proxy_batch(cfg: Mapping) -> Batch:
+    """The first proxies.batch_size training images (unaugmented) with their labels, resized to
+    proxies.resolution when it differs."""
+    from track1.data import EvalSet  # data loading only for callers that score with real data
+    s = proxy_settings(cfg)
+    x, y = next(iter(EvalSet(dict(cfg), "train", s["batch_size"], s["batch_size"])))
+    if x.shape[-1] != s["resolution"]:
+        x = F.interpolate(x, size=[s["resolution"]] * 2, mode="bilinear", align_corners=False)
+    return x, y
+
+
+def input_batch(cfg: Mapping, names: Iterable[str]) -> Optional[Batch]:
+    """The one batch the proxies `names` see: the configured data only when one of them needs data
+    and proxies.input is "data"; otherwise a seeded Gaussian batch of the configured shape (no
+    dataset is opened); None when none of them reads a batch."""
+    names = list(names)
+    s = proxy_settings(cfg)
+    if all(n in SHAPE_FREE for n in names):
+        return None
+    if s["input"] == "data" and any(n in NEEDS_DATA for n in names):
+        return proxy_batch(cfg)
+    return gaussian_batch(s["batch_size"], s["resolution"], int(cfg["space"]["num_classes"]), s["seed"])
+
+
+def run_setting(cfg: Mapping, name: str) -> dict:
+    """What a proxy's scores depend on besides the code: recorded with every score of a list."""
+    s = proxy_settings(cfg)
+    return {"proxy": name, "seed": s["seed"], "repeats": s["repeats"], "act": cfg["space"]["act"],
+            "input": input_kind(cfg, name), "resolution": s["resolution"], "batch_size": s["batch_size"]}
+
+
+def score_list(name: str, codes: Mapping[str, str], space: SearchSpace, batch: Optional[Batch],
+               out_path, seed: int = 0, repeats: int = 1, progress: bool = True,
+               act: str = "relu", setting: Optional[Mapping] = None) -> dict[str, dict]:
+    """Score every key -> code of a list; returns key -> record, in list order.
+
+    Each distinct network (equal `space.widths(code)`) is computed once; its records go to the
+    JSONL log at out_path as soon as it is done, so a killed run resumes where it stopped.
+    Records: {"key", "code", "score", "seconds", "proxy", "seed", "repeats", "act"} plus the
+    fields of `setting` (e.g. run_setting's input, resolution and batch size); a log written with
+    other values is refused. "seconds" is the computation time for the key that paid for it and
+    0.0 for keys that reused it.
+    """
+    if name not in PROXIES:
+        raise ValueError(f"unknown proxy {name!r}: expected one of {', '.join(PROXIES)}")
+    setting = {**(setting or {}), "proxy": name, "seed": seed, "repeats": repeats, "act": act}
+    done = resume_log(out_path, codes, setting)
+    by_widths: dict[Widths, dict] = {}
+    for rec in done.values():
+        by_widths.setdefault(space.widths(rec["code"]), rec)
+
+    groups: dict[Widths, list[str]] = {}
+    for key, code in codes.items():
+        if key not in done:
+            groups.setdefault(space.widths(code), []).append(key)
+
+    with tqdm(total=len(codes), initial=len(codes) - sum(map(len, groups.values())),
+              desc=f"proxy {name}", unit="arch", disable=not progress) as bar:
+        for widths, keys in groups.items():
+            seconds = [0.0] * len(keys)
+            if widths in by_widths:
+                score = by_widths[widths]["score"]
+            else:
+                start = time.perf_counter()
+                score = compute(name, widths, space, batch, seed, act, repeats)
+                seconds[0] = time.perf_counter() - start
+            records = [{"key": k, "code": codes[k], "score": score, "seconds": s, **setting}
+                       for k, s in zip(keys, seconds)]
+            append_jsonl(out_path, records)
+            for rec in records:
+                done[rec["key"]] = rec
+            by_widths.setdefault(widths, records[0])
+            bar.update(len(keys))
+    return {key: done[key] for key in codes}
+
+
+def to_official_json(records: Mapping[str, dict], codes: Mapping[str, str]) -> dict[str, dict]:
+    """{"arch1": {"acc": score, "arch": code, "seconds": t}, ...} in the list's order."""
+    out = {}
+    for key, code in codes.items():
+        rec = records[key]
+        if rec["code"] != code:
+            raise ValueError(f"key {key!r}: record is for code {rec['code']}, list gives {code}")
+        out[key] = {"acc": rec["score"], "arch": code, "seconds": rec["seconds"]}
+    return out
+
+
