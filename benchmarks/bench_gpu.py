@@ -53,7 +53,7 @@ from track1.pipeline.config import load_config  # noqa: E402
 from track1.methods.cream import Cream  # noqa: E402
 from track1.pipeline.precision import Precision  # noqa: E402
 from track1.methods.sampling import step_subnets  # noqa: E402
-from track1.ranking.scoring import calibrate_bn, evaluate  # noqa: E402
+from track1.ranking.evaluate import calibrate_bn, evaluate  # noqa: E402
 from track1.pipeline.train import (Teacher, build_optimizer, build_sampler, build_supernet,  # noqa: E402
                           plan_step, train_step)
 

@@ -1,8 +1,8 @@
 """Time per-code scoring against prefix-shared (tree) scoring on the same codes.
 
-Per-code is scoring.score_widths for every distinct network (calibrate_bn + evaluate on the whole
-subnet, what score_list does); tree is prefix.score_tree (each distinct leading-layer prefix once,
-every convolution in track1.network.conv's fast mode: oneDNN). Space: the embedded default
+Per-code is evaluate.score_widths for every distinct network (calibrate_bn + evaluate on the whole
+subnet, what score_list does); tree is tree.score_tree (each distinct leading-layer prefix once, in
+walks of at most --chunk-images images). Both convolve with track1.network.conv's fast mode (oneDNN). Space: the embedded default
 SearchSpace(width_mult=0.25, resolution=32, num_classes=10); calibration and evaluation sets as
 configs/default.yaml sizes them (score.calib_images in batches of score.calib_batch,
 score.val_images in batches of score.eval_batch), real Fashion-MNIST when data/fashion-mnist is
@@ -10,11 +10,9 @@ there (else, or with --random-data, random tensors of the same sizes). Codes: a 
 of N from the official list. The supernet is random-init unless --checkpoint names trained weights.
 
     .venv/bin/python benchmarks/bench_score.py [--codes 300] [--threads 2] [--arch-list PATH]
-        [--modes per-code,tree] [--checkpoint PATH] [--random-data] [--seed 0]
+        [--modes per-code,tree] [--checkpoint PATH] [--random-data] [--seed 0] [--chunk-images N]
 
-Modes: per-code, tree-ref (the trie walk with the supernet's own layers, F.conv2d: the gain of
-sharing alone), tree (score_tree's default, the fast conv). Each runs once over all N codes after a
-short untimed warm-up, so the host's other load shows in the numbers: the load average is printed.
+Modes: per-code, tree. Each runs once over all N codes after a short untimed warm-up, so the host's other load shows in the numbers: the load average is printed.
 The 45,000-code extrapolation scales per-code's time by the number of codes; a tree's time is
 scaled part by part (stem, stage1..stage4: seconds per prefix-shared multiply-add of that part in
 the sample, times that part's multiply-adds in the full list; head and the rest by the number of
@@ -43,8 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--arch-list", default=str(OFFICIAL), help="official-format JSON list")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="CPU threads for paddle/OpenMP/MKL (default: all cores)")
-    p.add_argument("--modes", default="per-code,tree",
-                   help="comma list of per-code, tree-ref, tree")
+    p.add_argument("--modes", default="per-code,tree", help="comma list of per-code, tree")
+    p.add_argument("--chunk-images", type=int, default=0,
+                   help="tree: images a walk holds (default: score.chunk_images of configs/default.yaml)")
     p.add_argument("--checkpoint", default="", help="supernet weights (default: random init)")
     p.add_argument("--random-data", action="store_true",
                    help="random tensors even if Fashion-MNIST is there")
@@ -67,8 +66,9 @@ def main(argv=None) -> int:
     import paddle
 
     from track1.pipeline.config import load_config
-    from track1.ranking.tree import count_macs, score_tree, shared_macs_by_part
-    from track1.ranking.scoring import score_widths
+    from track1.ranking.tree import score_tree
+    from track1.ranking.trie import count_macs, shared_macs_by_part
+    from track1.ranking.evaluate import score_widths
     from track1.space import SearchSpace
     from track1.network.supernet import SuperNet
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     if hasattr(paddle.base.core, "set_num_threads"):
         paddle.base.core.set_num_threads(threads)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"per-code", "tree-ref", "tree"}
+    unknown = set(modes) - {"per-code", "tree"}
     if unknown:
         raise SystemExit(f"--modes: unknown {sorted(unknown)}")
 
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     model.eval()
 
     s = cfg["score"]
+    chunk_images = args.chunk_images or s["chunk_images"]
     fmnist = REPO / "data" / "fashion-mnist"
     if not args.random_data and (fmnist / "train-images-idx3-ubyte.gz").exists():
         from track1.data import calibration_batches, validation_batches
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
         if mode == "per-code":
             return {w: score_widths(model, w, calib, val) for w in ws}
         return {w: (a, l) for w, a, l in
-                score_tree(model, ws, calib, val, fast=(mode == "tree"), timings=timings)}
+                score_tree(model, ws, calib, val, chunk_images, timings=timings)}
 
     rows, results, extrapolated, part_times = [], {}, {}, {}
     for mode in modes:

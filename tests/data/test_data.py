@@ -204,9 +204,9 @@ def test_eval_sets_are_lazy_uint8_sequences(tmp_path):
 
 
 def test_scorers_take_the_lazy_sets_like_lists(tmp_path):
-    """score_widths and prefix.score_tree give the same numbers from the sequences as from lists."""
+    """score_widths and tree.score_tree give the same numbers from the sequences as from lists."""
+    from track1.ranking.evaluate import score_widths
     from track1.ranking.tree import score_tree
-    from track1.ranking.scoring import score_widths
     from track1.space import SearchSpace
     from track1.network.supernet import SuperNet
     write_fake_fmnist(tmp_path)
@@ -220,6 +220,6 @@ def test_scorers_take_the_lazy_sets_like_lists(tmp_path):
     lazy = [score_widths(model, w, calib, val) for w in widths]
     listed = [score_widths(model, w, list(calib), list(val)) for w in widths]
     assert lazy == listed
-    tree = {w: (acc, loss) for w, acc, loss in score_tree(model, widths, calib, val)}
-    tree_listed = {w: (acc, loss) for w, acc, loss in score_tree(model, widths, list(calib), list(val))}
+    tree = {w: (acc, loss) for w, acc, loss in score_tree(model, widths, calib, val, 1024)}
+    tree_listed = {w: (acc, loss) for w, acc, loss in score_tree(model, widths, list(calib), list(val), 1024)}
     assert tree == tree_listed and set(tree) == set(widths)

@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from track1.pipeline import checkpoint
-from track1.pipeline.config import ConfigError, config_hash, run_dir
+from track1.pipeline.config import ConfigError, config_hash, run_dir, set_value
 from track1.pipeline.train import build_supernet, lr_factor, train
 
 from conftest import tiny_config
@@ -154,7 +154,7 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
 
 
 def test_epoch_end_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_path):
-    from track1.ranking.scoring import score_widths
+    from track1.ranking.evaluate import score_widths
     from track1.space import official_problem
     from track1.pipeline.train import evaluate_ends, probe_subnets
     cfg = tiny_config(tmp_path)
@@ -167,7 +167,7 @@ def test_epoch_end_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_
     model.eval()
     val = [(x, model(x, space.widths(probes[1])).argmax(axis=1))]  # labels that spread the accuracies
     buffers = [b.numpy().copy() for b in model.buffers()]
-    top1 = evaluate_ends(model, space, (calib, val), 3)
+    top1 = evaluate_ends(model, space, (calib, val, 1024), 3)
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(buffers, model.buffers()))
     expected = [score_widths(model, space.widths(a), calib, val)[0] for a in probes]
     assert top1["val/top1_probe_mean"] == pytest.approx(np.mean(expected))
@@ -193,7 +193,7 @@ def test_resume_refuses_another_world_size(tmp_path):
 
 
 def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
-    from track1.ranking.scoring import Share, score_widths
+    from track1.ranking.evaluate import score_widths
     from track1.pipeline.train import _eval_sets, evaluate_ends
     cfg = tiny_config(tmp_path, "score.eval_batch=16")
     space, model = build_supernet(cfg)
@@ -202,8 +202,8 @@ def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
         bn._mean.set_value(paddle.full(bn._mean.shape, 0.3))
         bn._variance.set_value(paddle.full(bn._variance.shape, 2.0))
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    calib, val = _eval_sets(cfg)
-    top1 = evaluate_ends(model, space, (calib, val))
+    calib, val, chunk = _eval_sets(cfg)
+    top1 = evaluate_ends(model, space, (calib, val, chunk))
     after = model.state_dict()
     for k, v in before.items():
         np.testing.assert_array_equal(v, after[k].numpy(), err_msg=k)
@@ -211,12 +211,34 @@ def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
     assert top1["val/top1_largest"] == score_widths(model, space.widths(space.largest()), calib, val)[0]
     assert not np.array_equal(before[next(k for k in before if k.endswith("_mean"))],
                               model.state_dict()[next(k for k in before if k.endswith("_mean"))].numpy())
-    # Two ranks' shares of the validation batches partition them, each batch once.
+    # Two ranks' shares of the validation batches partition them, each batch once, and each rank
+    # holds only its own images.
     labels = [y.numpy() for _, y in val]
-    shares = [[y.numpy() for _, y in Share(val, r, 2)] for r in range(2)]
-    assert len(labels) == 4 and [len(s) for s in shares] == [2, 2]
+    shares = [_eval_sets(cfg, r, 2)[1] for r in range(2)]
+    assert len(labels) == 4 and [len(s) for s in shares] == [2, 2] and [s.n for s in shares] == [32, 32]
     for r in range(2):
-        np.testing.assert_array_equal(np.concatenate(shares[r]), np.concatenate(labels[r::2]))
+        np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in shares[r]]),
+                                      np.concatenate(labels[r::2]))
+
+
+def test_epoch_end_check_memory_does_not_grow_with_the_image_counts(tmp_path):
+    """Peak bytes of live tensors during the check: the same for 8x the calibration and validation
+    images (score.chunk_images holds them to a chunk)."""
+    from paddle.base import core
+    from track1.pipeline.train import _eval_sets, evaluate_ends
+    cfg = tiny_config(tmp_path, "data.train_size=1024", "score.calib_batch=64", "score.chunk_images=128")
+    space, model = build_supernet(cfg)
+
+    def peak(calib_images: int, eval_images: int) -> int:
+        c = set_value(set_value(cfg, "score.calib_images", calib_images), "train.eval_images", eval_images)
+        sets = _eval_sets(c)
+        core.host_memory_stat_reset_peak_value("Allocated", 0)
+        before = core.host_memory_stat_current_value("Allocated", 0)
+        evaluate_ends(model, space, sets, 2)
+        return core.host_memory_stat_peak_value("Allocated", 0) - before
+
+    small, large = peak(128, 128), peak(1024, 1024)
+    assert large < 1.2 * small, (small, large)
 
 
 def test_window_reports_throughput_and_the_data_wait_fraction():

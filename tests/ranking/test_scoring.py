@@ -3,7 +3,8 @@ import paddle
 import pytest
 
 from track1.files import read_jsonl
-from track1.ranking.scoring import calibrate_bn, evaluate, score_list
+from track1.ranking.evaluate import calibrate_bn, evaluate
+from track1.ranking.scoring import score_list
 from track1.space import Arch, SearchSpace, parse
 from track1.ranking.submission import SubmissionError, demo_arch_list
 from track1.network.supernet import SuperNet
@@ -55,8 +56,8 @@ def _with_stage1_output(code: str, ratio: int) -> str:
 
 
 def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
-    # The tree engine convolves in the fast mode; per-code scoring must too, or this untrained net
-    # on batches of 4 amplifies the two kernels' float rounding to 1.5e-4 in the loss.
+    # Both modes convolve with the fast mode here; with different kernels this untrained net on
+    # batches of 4 would amplify their float rounding to 1.5e-4 in the loss.
     paddle.seed(0)
     net = SuperNet(SPACE, conv="fast")
     codes = demo_arch_list(6, seed=1)
@@ -66,8 +67,8 @@ def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
     assert SPACE.widths(codes["stem1"]) == SPACE.widths(codes["stem2"])
     calib, val = _batches(2, 4, 2), [(x, paddle.zeros([4], dtype="int64")) for x in _batches(1, 4, 3)]
     out = tmp_path / "scores.jsonl"
-    full = score_list(net, SPACE, codes, calib, val, tmp_path / "full.jsonl", progress=False, mode="per_code")
-    tree = score_list(net, SPACE, codes, calib, val, tmp_path / "tree.jsonl", progress=False, mode="tree")
+    full = score_list(net, SPACE, codes, calib, val, tmp_path / "full.jsonl", "per_code", 1024, progress=False)
+    tree = score_list(net, SPACE, codes, calib, val, tmp_path / "tree.jsonl", "tree", 1024, progress=False)
     for k in codes:
         assert tree[k]["acc"] == full[k]["acc"]
         assert tree[k]["loss"] == pytest.approx(full[k]["loss"], rel=1e-4, abs=1e-6)
@@ -82,11 +83,11 @@ def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
         return real(*a)
     monkeypatch.setattr(scoring, "score_widths", dying)
     with pytest.raises(KeyboardInterrupt):
-        score_list(net, SPACE, codes, calib, val, out, progress=False, mode="per_code")
+        score_list(net, SPACE, codes, calib, val, out, "per_code", 1024, progress=False)
     with open(out, "a") as f:
         f.write('{"key": "arch9", "co')  # torn line of a killed write
     monkeypatch.setattr(scoring, "score_widths", real)
-    resumed = score_list(net, SPACE, codes, calib, val, out, progress=False, mode="per_code")
+    resumed = score_list(net, SPACE, codes, calib, val, out, "per_code", 1024, progress=False)
     keys = [r["key"] for r in read_jsonl(out)]
     assert sorted(keys) == sorted(codes) and len(keys) == len(set(keys))
     for k in codes:
@@ -97,7 +98,7 @@ def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
     # Another list whose keys name other codes cannot take these results for its own.
     other = {"arch1": codes["arch2"], "arch2": codes["arch1"]}
     with pytest.raises(ValueError, match="key 'arch1' was scored for code .*use another output file"):
-        score_list(net, SPACE, other, calib, val, out, progress=False, mode="per_code")
+        score_list(net, SPACE, other, calib, val, out, "per_code", 1024, progress=False)
 
 
 def test_score_list_refuses_a_code_outside_the_official_sub_space(net, tmp_path):
@@ -110,5 +111,5 @@ def test_score_list_refuses_a_code_outside_the_official_sub_space(net, tmp_path)
         with pytest.raises(SubmissionError, match=f"scores.jsonl: 1 code outside the official sub-space "
                                                   f".* arch2, code {codes['arch2']}: stage 2 block "
                                                   f"{len(untied)} has output"):
-            score_list(net, SPACE, codes, [], [], out, progress=False, mode=mode)
+            score_list(net, SPACE, codes, [], [], out, mode, 1024, progress=False)
     assert not out.exists()  # nothing written

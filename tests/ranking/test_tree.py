@@ -1,12 +1,14 @@
-"""Prefix-shared scoring equals per-code scoring; multiply-add counts; state is restored."""
+"""Prefix-shared scoring equals per-code scoring in any chunking; multiply-add counts; the model is left alone."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
-from track1.ranking.tree import (build_trie, count_macs, layer_sequence, score_tree,
-                           shared_macs_by_part)
-from track1.ranking.scoring import calibrate_bn, score_widths
+from track1.ranking import tree
+from track1.ranking.evaluate import calibrate_bn, score_widths
+from track1.ranking.tree import chunks, score_tree
+from track1.ranking.trie import build_trie, count_macs, shared_macs_by_part
+from track1.space import layer_sequence
 from track1.space import Arch, SearchSpace, Widths
 from track1.network.supernet import SuperNet
 
@@ -69,10 +71,15 @@ def test_list_shares_prefixes_and_repeats(setup):
     assert nodes(root) < per_code_layers - 40  # real sharing beyond the stem
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_tree_equals_per_code_scoring(setup, fast):
+# 1000: one walk; 48: two calibration batches a walk, evaluation images split across walks;
+# 20: each calibration batch (24, 24, 17) a walk of its own, larger than the budget.
+@pytest.mark.parametrize("chunk_images,group", [(1000, 2048), (48, 2048), (20, 2048), (48, 4)])
+def test_tree_equals_per_code_scoring(setup, chunk_images, group, monkeypatch):
     model, calib, val, widths, reference = setup
-    results = list(score_tree(model, widths, calib, val, fast=fast))
+    monkeypatch.setattr(tree, "GROUP", group)  # 4: the list in groups, a trie each
+    buffers = [b.numpy().copy() for b in model.buffers()]
+    results = list(score_tree(model, widths, calib, val, chunk_images))
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(buffers, model.buffers()))
     got = [w for w, _, _ in results]
     assert len(got) == len(set(got)) == len(reference)  # every distinct Widths exactly once
     assert set(got) == set(reference)
@@ -80,11 +87,47 @@ def test_tree_equals_per_code_scoring(setup, fast):
     for w, acc, loss in results:
         ref_acc, ref_loss = reference[w]
         assert acc == ref_acc, w
-        assert loss == pytest.approx(ref_loss, rel=1e-6 if not fast else 1e-5), w
+        assert loss == pytest.approx(ref_loss, rel=1e-6), w
         accs.add(acc)
     assert len(accs) > 5 and max(accs) == 1.0  # the largest subnet labels its own predictions
-    # Depth-first over sorted children: the order is the order of the sorted layer sequences.
+    # Depth-first over sorted children, group by group: the order of the sorted layer sequences.
     assert got == sorted(got, key=layer_sequence)
+
+
+def test_chunks_hold_whole_calibration_batches_and_every_image_once(setup):
+    _, calib, val, _, _ = setup  # calibration 24, 24, 17; validation 40, 25
+    walks = list(chunks(calib, val, 30))
+    assert [(c.first_k, [int(x.shape[0]) for x in c.calib], c.n_evals) for c in walks] == [
+        (1, [24], 0), (2, [24], 0), (3, [17], 13), (4, [], 30), (4, [], 22)]
+    labels = np.concatenate([c.labels.numpy() for c in walks if c.n_evals])
+    np.testing.assert_array_equal(labels, np.concatenate([y.numpy() for _, y in val]))
+    np.testing.assert_array_equal(walks[3].evals.numpy(), paddle.concat([x for x, _ in val])[13:43].numpy())
+    assert [c.n_calib + c.n_evals for c in chunks(calib, val, 1000)] == [24 + 24 + 17 + 65]
+
+
+def test_tree_memory_is_bounded_by_the_chunk_not_the_images():
+    """The peak of live tensor bytes while scoring grows with chunk_images, not with the images."""
+    from paddle.base import core
+    space = SearchSpace(width_mult=0.25, resolution=64, num_classes=10)
+    paddle.seed(1)
+    model = SuperNet(space, conv="fast")
+    widths = [space.max_widths, space.widths(space.smallest())]
+
+    def peak(n_calib: int, n_val: int, chunk_images: int) -> int:
+        rng = np.random.default_rng(0)
+        calib = [paddle.to_tensor(rng.normal(size=(32, 3, 64, 64)).astype("float32"))
+                 for _ in range(n_calib // 32)]
+        val = [(paddle.to_tensor(rng.normal(size=(32, 3, 64, 64)).astype("float32")),
+                paddle.zeros([32], "int64")) for _ in range(n_val // 32)]
+        core.host_memory_stat_reset_peak_value("Allocated", 0)
+        before = core.host_memory_stat_current_value("Allocated", 0)  # the inputs not counted
+        for _ in score_tree(model, widths, calib, val, chunk_images):
+            pass
+        return core.host_memory_stat_peak_value("Allocated", 0) - before
+
+    small, large = peak(64, 64, 64), peak(256, 512, 64)
+    assert large < 1.3 * small  # 6x the images, the same chunk
+    assert peak(256, 512, 1024) > 3 * small  # one walk of every image: grows with them
 
 
 def test_momentum_and_modes_restored(setup):
@@ -95,11 +138,11 @@ def test_momentum_and_modes_restored(setup):
     model.train()
     model.stages[2][1].eval()  # a mixed state must come back as it was
     before = [l.training for l in model.sublayers(include_self=True)]
-    list(score_tree(model, widths[:5], calib, val))
+    list(score_tree(model, widths[:5], calib, val, 1000))
     assert [bn.momentum for bn in bns] == [0.5 + i / 1000 for i in range(len(bns))]
     assert [l.training for l in model.sublayers(include_self=True)] == before
     # Also when the consumer stops early (the generator is closed mid-walk).
-    it = score_tree(model, widths, calib, val)
+    it = score_tree(model, widths, calib, val, 1000)
     next(it)
     it.close()
     assert [bn.momentum for bn in bns] == [0.5 + i / 1000 for i in range(len(bns))]
@@ -115,7 +158,7 @@ def test_yields_as_computed(setup):
     calls = []
     hook = model.fc.register_forward_post_hook(lambda layer, inputs, output: calls.append(1))
     try:
-        it = score_tree(model, widths, calib, val)
+        it = score_tree(model, widths, calib, val, 1000)
         next(it)
         assert len(calls) == 1  # one head evaluation so far (validation batches run as one)
         it.close()
@@ -167,7 +210,7 @@ def test_count_macs_official_list(official_codes):
 def test_timings(setup):
     model, calib, val, widths, _ = setup
     timings = {}
-    n = sum(1 for _ in score_tree(model, widths[:4], calib, val, timings=timings))
+    n = sum(1 for _ in score_tree(model, widths[:4], calib, val, 1000, timings=timings))
     assert n == 4
     assert set(timings) == {"stem", "stage1", "stage2", "stage3", "stage4", "head"}
     assert all(t > 0 for t in timings.values())
@@ -175,4 +218,4 @@ def test_timings(setup):
 
 def test_empty_list(setup):
     model, calib, val, _, _ = setup
-    assert list(score_tree(model, [], calib, val)) == []
+    assert list(score_tree(model, [], calib, val, 1000)) == []

@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import paddle
 
-from track1.data.datafiles import CACHE
+from track1.data.datafiles import CACHE, DataError
 from track1.data.images import ImageDataset, collate, image_samples, rgb_to_tensor
 from track1.data.sources import ARRAY_DATA, arrays, check_name, first_n
 
@@ -27,48 +27,70 @@ class EvalSet:
     Images stay uint8 on the host; each batch becomes a float tensor (on the device) only when it
     is reached, so a pass holds one batch of floats at a time. len() is the number of batches.
     Folder/list sets above EVAL_CACHE_BYTES are decoded again on every pass unless `keep` is set.
+    `shard=(rank, world)` keeps only batches rank, rank + world, ...: a rank of a distributed
+    evaluation decodes, keeps and converts its own share of the images, nothing else.
     """
 
-    def __init__(self, cfg: dict, split: str, n: int, batch: int, keep: bool = False):
+    def __init__(self, cfg: dict, split: str, n: int, batch: int, keep: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         d = cfg["data"]
         check_name(d["name"])
         self.cfg, self.batch = cfg, int(batch)
+        if self.batch < 1:
+            raise DataError(f"an evaluation batch of {batch} images: it must be at least 1")
         self._images = self._labels = None
-        if d["name"] in ARRAY_DATA:
+        in_memory = d["name"] in ARRAY_DATA
+        if in_memory:
             images, labels, self._to_tensor = arrays(cfg, split)
-            self.n = first_n(first_n(len(labels), d[f"{split}_size"]), n)
-            self._images, self._labels = images[:self.n], labels[:self.n]
+            total = first_n(first_n(len(labels), d[f"{split}_size"]), n)
+        else:
+            samples = image_samples(cfg, split)
+            total = first_n(first_n(len(samples), d[f"{split}_size"]), n)
+        rank, world = shard
+        starts = range(rank * self.batch, total, world * self.batch)
+        # This shard's images, contiguous, and the size of each of its batches.
+        index = np.concatenate([np.arange(s, min(s + self.batch, total)) for s in starts] or
+                               [np.zeros(0, np.int64)])
+        self.sizes = [min(self.batch, total - s) for s in starts]
+        self.n = len(index)
+        if in_memory:
+            self._images, self._labels = images[index], labels[index]
             return
-        samples = image_samples(cfg, split)
-        self.n = first_n(first_n(len(samples), d[f"{split}_size"]), n)
         res = cfg["space"]["resolution"]
-        self._dataset = ImageDataset(samples[:self.n], res, augment=False)
+        self._dataset = ImageDataset([samples[i] for i in index], res, augment=False)
         self._to_tensor = rgb_to_tensor
         if keep or self.n * 3 * res * res <= EVAL_CACHE_BYTES:
             key = ("eval", d["name"], str(Path(d["root"]).resolve()),
-                   d[f"{split}_list"] if d["name"] == "list" else "", split, self.n, res)
+                   d[f"{split}_list"] if d["name"] == "list" else "", split, total, self.batch,
+                   shard, res)
             if key not in CACHE:
                 parts = [(x.numpy(), y.numpy()) for x, y in self._loader()]
                 CACHE[key] = (np.concatenate([p[0] for p in parts]),
                               np.concatenate([p[1] for p in parts]))
             self._images, self._labels = CACHE[key]
 
+    def _spans(self) -> Iterator[tuple[int, int]]:
+        start = 0
+        for size in self.sizes:
+            yield start, start + size
+            start += size
+
     def _loader(self):
-        batches = [list(range(i, min(i + self.batch, self.n))) for i in range(0, self.n, self.batch)]
+        batches = [list(range(a, b)) for a, b in self._spans()]
         return paddle.io.DataLoader(self._dataset, batch_sampler=batches, collate_fn=collate,
-                                    num_workers=int(self.cfg["data"]["num_workers"]))
+                                    num_workers=int(self.cfg["data"]["num_workers"]),
+                                    use_shared_memory=bool(self.cfg["data"]["shared_memory"]))
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch)
+        return len(self.sizes)
 
     def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
         if self._images is None:
             for x, y in self._loader():
                 yield self._to_tensor(x), y
             return
-        for i in range(0, self.n, self.batch):
-            yield (self._to_tensor(self._images[i:i + self.batch]),
-                   paddle.to_tensor(self._labels[i:i + self.batch]))
+        for a, b in self._spans():
+            yield self._to_tensor(self._images[a:b]), paddle.to_tensor(self._labels[a:b])
 
     def images(self) -> EvalImages:
         """The same batches without their labels."""
@@ -89,8 +111,8 @@ class EvalImages:
         if s._images is None:
             yield from (x for x, _ in s)
             return
-        for i in range(0, s.n, s.batch):
-            yield s._to_tensor(s._images[i:i + s.batch])
+        for a, b in s._spans():
+            yield s._to_tensor(s._images[a:b])
 
 
 def validation_set(cfg: dict, n: int = 0, batch: int = 500) -> EvalSet:
@@ -98,13 +120,15 @@ def validation_set(cfg: dict, n: int = 0, batch: int = 500) -> EvalSet:
     return EvalSet(cfg, "val", n, batch)
 
 
-def validation_batches(cfg: dict) -> EvalSet:
-    """The fixed scoring set: the first score.val_images validation images, score.eval_batch a batch.
+def validation_batches(cfg: dict, shard: tuple[int, int] = (0, 1), n: int | None = None) -> EvalSet:
+    """The fixed scoring set: the first score.val_images (or n) validation images, score.eval_batch
+    a batch; with `shard`, one rank's share of the batches (EvalSet).
 
     Iterated once per scored network, so folder/list images are always kept (uint8, on the host).
     """
     s = cfg["score"]
-    return EvalSet(cfg, "val", s["val_images"], s["eval_batch"], keep=True)
+    return EvalSet(cfg, "val", s["val_images"] if n is None else n, s["eval_batch"], keep=True,
+                   shard=shard)
 
 
 def calibration_batches(cfg: dict) -> EvalImages:

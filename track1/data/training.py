@@ -141,7 +141,8 @@ class TrainData:
             stream = BatchStream(self.num_samples, self.batch_size, self.rank, self.world_size,
                                  self.seed, epoch, start_step)
             loader = paddle.io.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
-                                          num_workers=int(self.cfg["data"]["num_workers"]))
+                                          num_workers=int(self.cfg["data"]["num_workers"]),
+                                          use_shared_memory=bool(self.cfg["data"]["shared_memory"]))
             self._stream, self._position = iter(loader), (epoch, start_step)
         for step in range(start_step, self.steps_per_epoch):
             x, y = next(self._stream)

@@ -42,34 +42,36 @@ class DynamicConv2D(nn.Layer):
             [out_channels, in_channels, kernel_size, kernel_size],
             default_initializer=nn.initializer.KaimingNormal())
 
-    def forward(self, x: paddle.Tensor, out_channels: int, mode: str | None = None) -> paddle.Tensor:
-        """`mode` overrides the layer's conv implementation (tree scoring always runs fast)."""
+    def forward(self, x: paddle.Tensor, out_channels: int) -> paddle.Tensor:
         in_channels = x.shape[1]
         weight = leading(self.weight, (out_channels, in_channels))
-        return conv2d(x, weight, self.stride, self.padding, mode or self.conv)
+        return conv2d(x, weight, self.stride, self.padding, self.conv)
 
 
 def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
                 out_channels: int | None = None, fuse: bool = False,
-                max_pool: tuple[int, int, int] | None = None) -> paddle.Tensor:
+                max_pool: tuple[int, int, int] | None = None, norm=None) -> paddle.Tensor:
     """relu?(bn(conv(x))), then F.max_pool2d(., *max_pool) if given (the stem), of a DynamicConv2D
     + DynamicBatchNorm2D (out_channels: the subnet's width) or of a track1.network.conv.Conv2D +
     nn.BatchNorm2D (a static network). With `fuse`, in a training-mode, fast-conv step on the CPU,
-    it is one oneDNN node (track1.network.conv.conv_bn), which the layers' own forward (and their hooks)
-    never see; anywhere else, or with another normalisation layer, the layers run one by one."""
+    it is one oneDNN node (track1.network.conv.conv_bn), which the layers' own forward (and their
+    hooks) never see; anywhere else, or with another normalisation layer, the layers run one by one.
+    `norm(bn, y)`, if given, normalises in place of the BN layer's forward (tree scoring's per-image-
+    group statistics, track1.ranking.tree); the layer's parameters are still its own."""
     if isinstance(conv, DynamicConv2D):
-        if fuse and conv.conv == "fast" and bn.training and fuses(x):
+        if norm is None and fuse and conv.conv == "fast" and bn.training and fuses(x):
             stats = RunningStats(bn._mean, bn._variance, bn.momentum, bn.epsilon)
             return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
                            conv.padding, relu, max_pool)
-        y = bn(conv(x, out_channels))
+        y = conv(x, out_channels)
     else:
-        if (fuse and conv.mode == "fast" and isinstance(bn, nn.BatchNorm2D) and bn.training
+        if (norm is None and fuse and conv.mode == "fast" and isinstance(bn, nn.BatchNorm2D) and bn.training
                 and bn._data_format == "NCHW" and not bn._use_global_stats and fuses(x)):
             stats = RunningStats(bn._mean, bn._variance, bn._momentum, bn._epsilon)
             return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, conv.weight.shape[0],
                            conv.square_stride, conv.square_padding, relu, max_pool)
-        y = bn(conv(x))
+        y = conv(x)
+    y = bn(y) if norm is None else norm(bn, y)
     y = F.relu(y) if relu else y
     return F.max_pool2d(y, *max_pool) if max_pool else y
 

@@ -9,7 +9,7 @@ import paddle.nn.functional as F
 
 from track1.network.layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act, make_activation
 from track1.network.resnet import BasicBlock, ResNet
-from track1.space import STEM_POOL, Block, CodeError, SearchSpace, Widths, block_plan
+from track1.space import STEM_POOL, Block, CodeError, SearchSpace, Widths, block_plan, layer_sequence
 
 # The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
 # ...), so exporting a subnet is a leading slice of every same-named tensor.
@@ -30,11 +30,12 @@ class DynamicBlock(nn.Layer):
             self.shortcut_bn = DynamicBatchNorm2D(b.c_out)
         self.act = make_activation(act)
 
-    def forward(self, x: paddle.Tensor, mid: int, c_out: int) -> paddle.Tensor:
-        y = conv_bn_act(self.conv1, self.bn1, x, True, mid, self.fuse_bn)
-        y = conv_bn_act(self.conv2, self.bn2, y, False, c_out, self.fuse_bn)
+    def forward(self, x: paddle.Tensor, mid: int, c_out: int, norm=None) -> paddle.Tensor:
+        """`norm` replaces the BN layers' own forward (track1.network.layers.conv_bn_act)."""
+        y = conv_bn_act(self.conv1, self.bn1, x, True, mid, self.fuse_bn, norm=norm)
+        y = conv_bn_act(self.conv2, self.bn2, y, False, c_out, self.fuse_bn, norm=norm)
         if self.projection:
-            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, False, c_out, self.fuse_bn)
+            x = conv_bn_act(self.shortcut_conv, self.shortcut_bn, x, False, c_out, self.fuse_bn, norm=norm)
         elif x.shape[1] != c_out:
             raise CodeError(f"a block of {x.shape[1]} -> {c_out} channels needs a projection the "
                             f"supernet does not hold: the subnet is outside the official sub-space")
@@ -71,12 +72,24 @@ class SuperNet(nn.Layer):
         """
         if not isinstance(widths, Widths):
             return [self.forward(x, w) for w in widths]
-        x = conv_bn_act(self.stem_conv, self.stem_bn, x, True, widths.stem, self.fuse_bn, STEM_POOL)
-        for stage, pairs in enumerate(widths.blocks):
-            for block, (mid, c_out) in zip(self.stages[stage], pairs):
-                x = block(x, mid, c_out)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        for layer in layer_sequence(widths):
+            x = self.run_layer(layer, x)
+        return self.head(x)
+
+    # The subnet layer by layer (space.layer_sequence), for scoring engines that share layers
+    # between subnets (track1.ranking.tree); forward is these calls in order.
+    def run_layer(self, layer: tuple, x: paddle.Tensor, norm=None) -> paddle.Tensor:
+        """One layer of layer_sequence: the stem ("stem", width) or a block (stage, index, mid, out).
+        `norm` replaces the BN layers' own forward (track1.network.layers.conv_bn_act)."""
+        if layer[0] == "stem":
+            return conv_bn_act(self.stem_conv, self.stem_bn, x, True, layer[1], self.fuse_bn, STEM_POOL,
+                               norm=norm)
+        stage, index, mid, out = layer
+        return self.stages[stage][index](x, mid, out, norm)
+
+    def head(self, x: paddle.Tensor) -> paddle.Tensor:
+        """Logits from the last block's output: global average pool, then the classifier."""
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
     def bn_layers(self) -> list[DynamicBatchNorm2D]:
         return [m for m in self.sublayers() if isinstance(m, DynamicBatchNorm2D)]

@@ -103,7 +103,7 @@ def score_settings(cfg: dict, ckpt: Path) -> dict:
     s = cfg["score"]
     return {"checkpoint": str(Path(ckpt).resolve()), "config_hash": meta.get("config_hash"),
             "step": meta.get("step"), "space": cfg["space"],
-            "data": {k: v for k, v in cfg["data"].items() if k != "num_workers"},
+            "data": {k: v for k, v in cfg["data"].items() if k not in ("num_workers", "shared_memory")},
             "score": {k: s[k] for k in ("mode", "calib_images", "calib_batch", "val_images", "eval_batch")}}
 
 
@@ -161,7 +161,7 @@ def cmd_score(cfg: dict, args) -> None:
     if not out.with_suffix(".settings.json").exists():  # beside the log, to tell logs apart
         write_json(out.with_suffix(".settings.json"), score_settings(cfg, ckpt), indent=1)
     records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out,
-                         mode=cfg["score"]["mode"])
+                         cfg["score"]["mode"], cfg["score"]["chunk_images"])
     print(f"scored with {ckpt} -> {out}: {summarize(records)}")
 
 

@@ -15,7 +15,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml
 # Keys that change how a run is logged or stored but not the weights it produces.
 _NOT_HASHED = {"run.name", "run.output_dir", "run.threads", "train.log_every",
                "train.save_every_steps", "train.max_steps", "train.visualdl", "score", "submit",
-               "data.num_workers", "train.eval_images", "train.eval_subnets", "standalone", "monitor"}
+               "data.num_workers", "data.shared_memory", "train.eval_images", "train.eval_subnets", "standalone", "monitor"}
 
 
 def _read_yaml(path: Path) -> dict:

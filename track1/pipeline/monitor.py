@@ -26,7 +26,8 @@ import paddle
 from track1.data import calibration_batches, validation_batches
 from track1.files import write_json
 from track1.ranking.metrics import load_scores, rank_metrics
-from track1.ranking.scoring import kept_bn_statistics, score_list, shard_keys
+from track1.ranking.evaluate import kept_bn_statistics
+from track1.ranking.scoring import score_list, shard_keys
 from track1.space import SearchSpace
 from track1.ranking.submission import check_official, demo_arch_list, load_arch_list
 from track1.network.supernet import SuperNet
@@ -41,7 +42,7 @@ class RankCheck:
         m = cfg["monitor"]
         self.rank, self.world = rank, world
         self.every = int(m["every_epochs"])
-        self.space, self.mode = space, cfg["score"]["mode"]
+        self.space, self.mode, self.chunk_images = space, cfg["score"]["mode"], cfg["score"]["chunk_images"]
         self.truth = None
         if m["truth"]:
             # Read here, at start-up, so a bad file fails before any training is done.
@@ -75,7 +76,7 @@ class RankCheck:
         part = log.with_suffix(f".shard{self.rank}of{self.world}.jsonl") if self.world > 1 else log
         with kept_bn_statistics(model), paddle.no_grad():
             records = score_list(model, self.space, {k: self.codes[k] for k in keys}, self.calib,
-                                 self.val, part, progress=False, mode=self.mode)
+                                 self.val, part, self.mode, self.chunk_images, progress=False)
         if self.world > 1:
             parts: list = []
             paddle.distributed.all_gather_object(parts, records)

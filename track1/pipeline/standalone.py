@@ -45,7 +45,7 @@ from track1.pipeline.train import build_space, conv_mode, lr_factor
 # Keys of the standalone section that do not change a result (left out of the recipe hash).
 _NOT_RECIPE = {"seeds", "num_codes", "log_every", "visualdl"}
 # data keys the standalone recipe replaces or that do not change a result.
-_NOT_RECIPE_DATA = {"root", "num_workers", "batch_size", "train_size"}
+_NOT_RECIPE_DATA = {"root", "num_workers", "shared_memory", "batch_size", "train_size"}
 EVAL_BATCH = 500  # evaluation batch size (BN is in eval mode: it does not change the result)
 MAX_SPLITS = 64   # ceiling(): half-splits enumerated exactly up to this many, sampled beyond
 

@@ -282,7 +282,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
         writer = LogWriter(logdir=str(out / "vdl"))
     sampler = build_sampler(cfg, space)
     teacher = Teacher(cfg, space, out / "teacher") if r["enabled"] else None
-    eval_sets = _eval_sets(cfg)
+    eval_sets = _eval_sets(cfg, rank, world)
     rank_check = None
     if int(cfg["monitor"]["every_epochs"]) > 0:
         from track1.pipeline.monitor import RankCheck
@@ -357,7 +357,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path:
                 window.restart()
         if step % spe == 0:
             # epoch end: evaluation and rank check on every rank's share, then the checkpoint
-            epoch_top1 = evaluate_ends(model, space, eval_sets, t["eval_subnets"], rank, world)
+            epoch_top1 = evaluate_ends(model, space, eval_sets, t["eval_subnets"], world)
             if is_main:
                 bar.write(f"epoch {step // spe} step {step}: {describe_health(epoch_top1)}")
                 _log(writer, epoch_top1, step)
@@ -433,15 +433,16 @@ def probe_subnets(space: SearchSpace, n: int) -> list[Arch]:
 
 
 def evaluate_ends(model: SuperNet, space: SearchSpace, eval_sets: tuple, n_probe: int = 0,
-                  rank: int = 0, world: int = 1) -> dict[str, float]:
+                  world: int = 1) -> dict[str, float]:
     """Validation top-1 (after BN re-calibration) of the largest and smallest subnets and the mean,
-    min and max over `n_probe` fixed official subnets: the supernet's health. Each rank evaluates
-    its share of the images; the supernet's BN statistics are left as they were (so no checkpoint
-    carries them)."""
+    min and max over `n_probe` fixed official subnets: the supernet's health. eval_sets:
+    (calibration batches, this rank's validation shard, chunk_images), _eval_sets' tuple. Each rank
+    evaluates its share of the images, at most chunk_images at a time; the supernet's BN
+    statistics are left as they were (so no checkpoint carries them)."""
     roles = {"largest": space.widths(space.largest()), "smallest": space.widths(space.smallest())}
     probes = [space.widths(a) for a in probe_subnets(space, n_probe)]
     acc = {w: a for w, (a, _) in score_shared(model, [*roles.values(), *probes], *eval_sets,
-                                              rank, world).items()}
+                                              world=world).items()}
     out = {f"val/top1_{role}": acc[w] for role, w in roles.items()}
     if probes:
         p = [acc[w] for w in probes]
@@ -470,9 +471,9 @@ def _check_ranks_agree(model: SuperNet) -> None:
                            "sample the same subnets with the same seed")
 
 
-def _eval_sets(cfg: dict) -> tuple[list, list]:
-    """Calibration and validation batches for the epoch-end check of largest and smallest."""
-    s = dict(cfg["score"])
-    s["val_images"] = int(cfg["train"]["eval_images"])
-    c = {**cfg, "score": s}
-    return calibration_batches(c), validation_batches(c)
+def _eval_sets(cfg: dict, rank: int = 0, world: int = 1) -> tuple:
+    """The epoch-end check's images: all calibration batches, this rank's share of the first
+    train.eval_images validation images (only those are decoded and kept), and score.chunk_images."""
+    s = cfg["score"]
+    return (calibration_batches(cfg), validation_batches(cfg, (rank, world), int(cfg["train"]["eval_images"])),
+            s["chunk_images"])

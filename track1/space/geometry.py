@@ -69,3 +69,13 @@ def block_plan(w: Widths) -> list[Block]:
             plan.append(Block(stage, i, c_in, mid, c_out, stride, needs_projection(c_in, c_out, stride)))
             c_in = c_out
     return plan
+
+
+def layer_sequence(w: Widths) -> tuple[tuple, ...]:
+    """The network as the layers it runs, in order: ("stem", width), then (stage, index in stage,
+    mid, out) per block; a layer's input width and stride follow from the ones before it."""
+    seq: list[tuple] = [("stem", w.stem)]
+    for stage, pairs in enumerate(w.blocks):
+        for i, (mid, out) in enumerate(pairs):
+            seq.append((stage, i, mid, out))
+    return tuple(seq)

@@ -1,0 +1,77 @@
+"""A subnet's accuracy with the supernet's weights: BN re-calibration, and top-1 and cross-entropy over fixed batches."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator
+
+import paddle
+import paddle.nn.functional as F
+
+from track1.network.supernet import SuperNet
+from track1.space import Widths
+
+
+def calibration_momentum(k: int) -> float:
+    """The BN momentum for calibration batch k (1-based): batch 1 overwrites whatever the running
+    statistics held, and after K batches they are the plain mean of the K batch statistics."""
+    return (k - 1) / k
+
+
+@paddle.no_grad()
+def calibrate_bn(model: SuperNet, widths: Widths, batches: Iterable[paddle.Tensor]) -> None:
+    """Re-estimate the subnet's BN statistics as the exact average over the calibration batches."""
+    bns = model.bn_layers()
+    saved = [bn.momentum for bn in bns]
+    model.train()
+    try:
+        for k, x in enumerate(batches, start=1):
+            for bn in bns:
+                bn.momentum = calibration_momentum(k)
+            model(x, widths)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+        model.eval()
+
+
+def batch_sums(logits: paddle.Tensor, y: paddle.Tensor) -> tuple[int, float]:
+    """(correct top-1 predictions, summed cross-entropy) of one batch."""
+    correct = int((logits.argmax(axis=1) == y).astype("int64").sum().item())
+    return correct, F.cross_entropy(logits, y, reduction="sum").item()
+
+
+@paddle.no_grad()
+def evaluate_batches(forward: Callable[[paddle.Tensor], paddle.Tensor],
+                     batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of forward(x) over the (x, y) batches."""
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in batches:
+        c, s = batch_sums(forward(x), y)
+        correct, loss_sum, n = correct + c, loss_sum + s, n + int(y.shape[0])
+    return correct / n, loss_sum / n
+
+
+def evaluate(model: SuperNet, widths: Widths,
+             batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of the subnet over the batches, BN in eval mode."""
+    model.eval()
+    return evaluate_batches(lambda x: model(x, widths), batches)
+
+
+def score_widths(model: SuperNet, widths: Widths, calib: Iterable, val: Iterable) -> tuple[float, float]:
+    """Per-code scoring: re-calibrate the subnet's BN, then evaluate it."""
+    calibrate_bn(model, widths, calib)
+    return evaluate(model, widths, val)
+
+
+@contextlib.contextmanager
+def kept_bn_statistics(model: SuperNet) -> Iterator[None]:
+    """Every BN running mean and variance is put back as it was on leaving, so that scoring
+    between training epochs never leaves recalibrated statistics in the supernet (or a checkpoint)."""
+    buffers = [b for bn in model.bn_layers() for b in (bn._mean, bn._variance)]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        for b, value in zip(buffers, saved):
+            b.set_value(value)
