@@ -6,6 +6,7 @@
 #   ARCH_LIST=CVPR_2022_NAS_Track1_test.json bash run.sh
 #   NPROC=8 bash run.sh --config configs/imagenet.yaml   # paddle.distributed.launch, cores/NPROC threads a rank
 #   DEVICE=gpu bash run.sh --setup                # install requirements-gpu.txt (auto when nvidia-smi sees a GPU)
+#   NPROC=8 bash run.sh --preflight -c configs/imagenet.yaml -o data.root=...   # checks before a long run
 #   bash run.sh --from score                      # redo score and submit
 #   bash run.sh --setup                           # only create .venv and install requirements
 #
@@ -19,6 +20,7 @@ CONFIG=configs/default.yaml
 FROM=prepare
 FROM_GIVEN=0
 SETUP_ONLY=0
+PREFLIGHT=0
 OVERRIDES=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --from) FROM="$2"; FROM_GIVEN=1; shift 2 ;;
     -o) OVERRIDES+=("-o" "$2"); shift 2 ;;
     --setup) SETUP_ONLY=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --preflight) PREFLIGHT=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see bash run.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +42,12 @@ if [ -n "${ARCH_LIST:-}" ]; then
 fi
 
 # --- environment: a project-local virtualenv, reinstalled when its requirements file changes ----
-# DEVICE=cpu | gpu | auto (default): gpu installs requirements-gpu.txt (paddlepaddle-gpu instead of
-# the CPU wheel); auto picks gpu when nvidia-smi lists a GPU.
+# DEVICE=cpu | gpu | auto: gpu installs requirements-gpu.txt (paddlepaddle-gpu instead of the CPU
+# wheel); auto picks gpu when nvidia-smi lists a GPU. The device set up is recorded in $VENV/.device
+# and kept by every later command: the wheels are swapped only when DEVICE is given.
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+if [ -z "${DEVICE:-}" ] && [ -x "$PY" ] && [ -f "$VENV/.device" ]; then DEVICE=$(cat "$VENV/.device"); fi
 DEVICE=${DEVICE:-auto}
 if [ "$DEVICE" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then DEVICE=gpu; else DEVICE=cpu; fi
@@ -50,33 +57,28 @@ case "$DEVICE" in
   gpu) REQUIREMENTS=requirements-gpu.txt; OTHER_WHEEL=paddlepaddle ;;
   *) echo "run.sh: DEVICE must be cpu, gpu or auto" >&2; exit 2 ;;
 esac
-VENV=${VENV:-.venv}
-PY="$VENV/bin/python"
 req_hash=$(sha256sum "$REQUIREMENTS" | cut -c1-16)
 if [ ! -x "$PY" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$req_hash" ]; then
-  echo "[run.sh] setting up $VENV ($REQUIREMENTS)"
+  echo "[run.sh] setting up $VENV for $DEVICE ($REQUIREMENTS)"
   python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip uninstall --quiet --yes "$OTHER_WHEEL" >/dev/null 2>&1 || true  # both provide `paddle`
   "$PY" -m pip install --quiet -r "$REQUIREMENTS"
   echo "$req_hash" > "$VENV/.requirements"
 fi
+echo "$DEVICE" > "$VENV/.device"
 [ "$SETUP_ONLY" = 1 ] && exit 0
 
+# Threads: each process takes run.threads, or its share of the cores among the NPROC local ranks
+# (track1/pipeline/runtime.py); an exported OMP_NUM_THREADS wins.
 NPROC=${NPROC:-1}
-if [ "$NPROC" -gt 1 ] && ! "$PY" -c 'import sys, paddle; sys.exit(not paddle.is_compiled_with_cuda())' 2>/dev/null; then
-  echo "[run.sh] note: NPROC=$NPROC with a CPU-only Paddle: the ranks run on CPU over gloo (DEVICE=gpu bash run.sh --setup installs the GPU build)"
-fi
-# Each of the NPROC ranks gets its share of the cores (all of them with one process).
-per_rank=$(( $(nproc) / NPROC )); [ "$per_rank" -ge 1 ] || per_rank=1
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$per_rank}
 RUN_DIR=$("$PY" -c 'import sys; from track1.pipeline.config import load_config, run_dir
 o = [a for a in sys.argv[2:] if a != "-o"]
 print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"
 
-launch() {  # train and score run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
-  if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = score ]; }; then
+launch() {  # train, score and preflight run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
+  if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = score ] || [ "$1" = preflight ]; }; then
     # LAUNCH_ARGS passes more launcher options, e.g. "--nnodes 2 --ips 10.0.0.1,10.0.0.2".
     "$PY" -m paddle.distributed.launch --nproc_per_node "$NPROC" ${LAUNCH_ARGS:-} --log_dir "$RUN_DIR/launch_log/$1" \
       tools/launch.py "$@"
@@ -84,6 +86,11 @@ launch() {  # train and score run under paddle.distributed.launch when NPROC > 1
     "$PY" -m track1 "$@"
   fi
 }
+
+if [ "$PREFLIGHT" = 1 ]; then  # the checks only, at the config's sizes, with NPROC ranks
+  launch preflight -c "$CONFIG" "${OVERRIDES[@]}"
+  exit $?
+fi
 
 started=0
 for stage in "${STAGES[@]}"; do

@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 from track1.pipeline.config import load_config  # noqa: E402
 from track1.data import EpochBatchSampler, TrainData, calibration_batches, validation_batches  # noqa: E402
 from track1.data.images import ImageDataset, collate, image_samples  # noqa: E402
-from track1.pipeline.train import build_supernet  # noqa: E402
+from track1.network.build import build_supernet  # noqa: E402
 
 # 1. memory
 cfg = load_config(None, [f"data.root={REPO / 'data' / 'fashion-mnist'}"])

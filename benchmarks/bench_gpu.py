@@ -49,13 +49,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from track1.pipeline.config import load_config  # noqa: E402
-from track1.methods.cream import Cream  # noqa: E402
-from track1.pipeline.precision import Precision  # noqa: E402
 from track1.methods.sampling import step_subnets  # noqa: E402
+from track1.network.build import build_supernet  # noqa: E402
+from track1.pipeline.config import load_config, set_value  # noqa: E402
+from track1.pipeline.trainer import Trainer  # noqa: E402
 from track1.ranking.evaluate import calibrate_bn, evaluate  # noqa: E402
-from track1.pipeline.train import (Teacher, build_optimizer, build_sampler, build_supernet,  # noqa: E402
-                          plan_step, train_step)
 
 CUDA = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 TINY = ["space.width_mult=0.125", "space.resolution=32", "data.batch_size=4", "score.eval_batch=4"]
@@ -105,19 +103,13 @@ def peak_memory_mb() -> float:
 
 
 def train_row(cfg: dict) -> dict:
-    """Time the training step of cfg as _train runs it (one process, no DataParallel)."""
-    t, r = cfg["train"], cfg["train"]["ranking"]
-    space, model = build_supernet(cfg)
-    opt, _ = build_optimizer(cfg, model, total_steps=10 ** 6, steps_per_epoch=1000)
-    precision = Precision.from_config(cfg)
-    sampler = build_sampler(cfg, space)
-    teacher = Teacher(cfg, space) if r["enabled"] else None
+    """Time the training step of cfg as the training loop runs it (one process, no DataParallel)."""
     total = args.warmup + args.steps
-    cream = Cream.from_config(cfg, space, total) if t["cream"]["enabled"] else None
+    # One epoch of `total` steps: fractions of the run (Cream's warm-up) fall inside the timed steps.
+    trainer = Trainer(set_value(cfg, "train.epochs", 1), steps_per_epoch=total)
     source = batches(cfg)
     if CUDA:
         paddle.device.cuda.reset_max_memory_allocated()
-    model.train()
     for step in range(total):
         if step == args.warmup:
             synchronize()
@@ -126,11 +118,7 @@ def train_row(cfg: dict) -> dict:
         x, y = next(source)
         if step >= args.warmup:
             waited += time.perf_counter() - tic
-        subnets, pairs = plan_step(space, cfg, sampler, step)
-        scalars = train_step(model, space, subnets, x, y, cfg, pairs, teacher, r["cap"], cream,
-                             precision, read=step == total - 1)
-        precision.step(opt)
-        opt.clear_grad(set_to_zero=False)
+        scalars = trainer.step(x, y, step, read=step == total - 1)
     synchronize()
     seconds = time.perf_counter() - started
     batch = x.shape[0]

@@ -122,7 +122,7 @@ if not args.report_only:
 
 
 # -- report ----------------------------------------------------------------------------------------
-from track1.methods.teacher import parse_teacher, zscore_ensemble  # noqa: E402
+from track1.ranking.ensemble import parse_teacher, zscore_ensemble  # noqa: E402
 
 
 def scores(name: str, res: int) -> dict[str, float]:

@@ -51,38 +51,41 @@ def worker(root: str, overrides: list[str]) -> None:
     import numpy as np
     import paddle
 
-    from track1.methods import sampling
-    from track1.pipeline import train as train_mod
-    from track1.pipeline.config import load_config
-    from track1.pipeline.train import Teacher, build_optimizer, build_supernet, train_step
+    try:  # a tree with track1.pipeline.trainer: the step the training loop runs
+        from track1.pipeline.config import load_config
+        from track1.pipeline.trainer import Trainer
+    except ImportError:
+        Trainer = None
+        from track1.config import load_config
 
     cfg = load_config(None, overrides)
-    t, r = cfg["train"], cfg["train"]["ranking"]
-    space, model = build_supernet(cfg)
-    opt, _ = build_optimizer(cfg, model, 1000, 100)
-    batch = int(cfg["data"]["batch_size"])
-    res = int(cfg["space"]["resolution"])
+    batch, res = cfg["data"]["batch_size"], cfg["space"]["resolution"]
     x = paddle.randn([batch, 3, res, res])
     y = paddle.to_tensor(np.random.default_rng(0).integers(0, 10, batch), dtype="int64")
-    sampler = sampling.MarginSampler(space, r["distance"], float(r["threshold"]))
-    teacher = Teacher(cfg, space)
     step = 0
+    if Trainer is not None:
+        trainer = Trainer(cfg, steps_per_epoch=100)
+        ranking = next((m for m in trainer.methods if m.name == "ranking"), None)
+        sampler = ranking.sampler if ranking is not None else None
 
-    def one_step() -> None:
-        nonlocal step
-        if hasattr(train_mod, "plan_step"):
-            subnets, pairs = train_mod.plan_step(space, cfg, sampler if r["enabled"] else None, step)
-        else:  # an older tree: each random subnet's partner was a role of train_step
-            subnets = sampling.step_subnets(space, t["sampler"], int(t["num_random"]), 0, step)
-            pairs = []
-            if r["enabled"]:
-                firsts = [a for role, a in subnets if role == "random"][: int(r["pairs"])]
-                pairs = [(a, b, d) for a, (b, d) in zip(firsts, sampler.partners(firsts, 0, step))]
-        model.train()
-        train_step(model, space, subnets, x, y, cfg, pairs, teacher, 1.0)
-        opt.step()
-        opt.clear_grad(set_to_zero=False)
-        step += 1
+        def one_step() -> None:
+            trainer.step(x, y, step, read=False)
+    else:  # a tree from before it (flat track1/ modules)
+        from track1 import sampling
+        from track1 import train as train_mod
+        from track1.train import Teacher, build_optimizer, build_supernet, train_step
+        r = cfg["train"]["ranking"]
+        space, model = build_supernet(cfg)
+        opt, _ = build_optimizer(cfg, model, 1000, 100)
+        sampler = sampling.MarginSampler(space, r["distance"], float(r["threshold"])) if r["enabled"] else None
+        teacher = Teacher(cfg, space)
+
+        def one_step() -> None:
+            subnets, pairs = train_mod.plan_step(space, cfg, sampler, step)
+            model.train()
+            train_step(model, space, subnets, x, y, cfg, pairs, teacher, 1.0)
+            opt.step()
+            opt.clear_grad(set_to_zero=False)
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -90,8 +93,9 @@ def worker(root: str, overrides: list[str]) -> None:
         start = time.perf_counter()
         for _ in range(n):
             one_step()
+            step += 1
         print(json.dumps({"seconds": time.perf_counter() - start,
-                          "acceptance": sampler.acceptance_rate if r["enabled"] else None}), flush=True)
+                          "acceptance": sampler.acceptance_rate if sampler is not None else None}), flush=True)
 
 
 def supports(root: Path, overrides: list[str]) -> bool:

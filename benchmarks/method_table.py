@@ -29,7 +29,7 @@ from track1.pipeline import checkpoint  # noqa: E402
 from track1.pipeline.config import load_config  # noqa: E402
 from track1.ranking.metrics import load_scores, plot, rank_metrics  # noqa: E402
 from track1.pipeline.standalone import ceiling  # noqa: E402
-from track1.pipeline.train import build_space  # noqa: E402
+from track1.space import SearchSpace  # noqa: E402
 
 PROXIES = ["flops", "params", "grad_norm", "snip", "grasp", "fisher", "synflow", "jacob_cov", "naswot", "zen"]
 
@@ -121,7 +121,7 @@ def main() -> None:
              f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
              "| method | Kendall | Spearman | Pearson | top-5 overlap | Kendall with FLOPs | seed vs seed | time (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    space = build_space(load_config(None, args.override))
+    space = SearchSpace.from_config(load_config(None, args.override))
     flops = {code: float(space.flops(code)) for code in truth}
     for label, ms, secs, preds in rows:
         cell = lambda vals: f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")

@@ -3,4 +3,5 @@ import sys
 
 from track1.pipeline.cli import main
 
+
 sys.exit(main())

@@ -1,6 +1,8 @@
-"""Crash-safe file output: atomic replace for whole files, fsync'd appends for result logs."""
+"""Crash-safe file output: atomic replace for whole files, fsync'd appends for result logs, and the short
+digest of settings that names a run's files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -99,3 +101,9 @@ def resume_log(path: str | os.PathLike, codes: Mapping[str, str],
                              f"gives {codes[key]}; use another output file")
         done[key] = rec
     return done
+
+
+def digest(obj: Any, length: int) -> str:
+    """The first `length` hex digits of the sha256 of obj as sorted JSON: the key of a settings dict
+    in file names (score logs, teacher caches, stand-alone logs) and in checkpoints."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]

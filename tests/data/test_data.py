@@ -11,6 +11,7 @@ import pytest
 
 from fakes import N_TEST, N_TRAIN, small_fmnist, write_fake_fmnist, write_idx
 from track1 import data
+from track1.errors import ConfigError
 from track1.data import fmnist
 from track1.pipeline.config import load_config
 from track1.data.datafiles import DataError
@@ -133,9 +134,9 @@ def test_fashion_mnist_refuses_a_resolution_it_cannot_give(tmp_path):
 
 
 def test_unknown_data_name_is_one_line(tmp_path):
-    with pytest.raises(DataError, match="data.name='mnist': expected one of fashion_mnist, cifar10, "
-                                        "cifar100, folder, list"):
-        data.prepare(fmnist_cfg(tmp_path, "data.name=mnist"))
+    with pytest.raises(ConfigError, match="data.name: 'mnist' is not one of fashion_mnist, cifar10, "
+                                          "cifar100, folder, list"):
+        fmnist_cfg(tmp_path, "data.name=mnist")
 
 
 def test_wait_seconds_counts_the_producer_not_the_consumer(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from track1.pipeline.config import ConfigError, load_config
 from track1.methods.losses import cream_loss, label_loss, soft_cross_entropy
 from track1.space import SearchSpace
 from track1.network.supernet import SuperNet
-from track1.pipeline.train import build_supernet, train
+from track1.network.build import build_supernet
+from track1.pipeline.train import train
 
 from conftest import REPO, tiny_config
 
@@ -272,10 +273,15 @@ def test_student_step_moves_only_the_listed_weights_with_the_clipped_gradient():
 
 
 # -- the matcher's look-ahead update --------------------------------------------------------------
+def settings(**kw):
+    """Cream's settings: configs/default.yaml's train.cream (the project variant) with changes."""
+    return C.Settings.from_config({**load_config()["train"]["cream"], **kw})
+
+
 def _settings(**kw):
     base = dict(board_size=3, store_images=4, pick="meta", meta_interval=1 / 16, meta_lr=1e-2)
     base.update(kw)
-    return C.Settings(**base)
+    return settings(**base)
 
 
 def _filled_cream(net, batch, **kw):
@@ -411,7 +417,7 @@ def test_lookahead_hypergradient_matches_finite_differences(kind):
 def test_cream_plan_and_observe_own_outputs(net, batch):
     x, y = batch
     buffers = [b.numpy().copy() for b in net.buffers()]
-    cr = C.Cream(SPACE, 16, C.Settings(board_size=3, store_images=4))
+    cr = C.Cream(SPACE, 16, settings(board_size=3, store_images=4))
     rng = np.random.default_rng(7)
     a, b = SPACE.sample(rng), SPACE.sample(rng)
     assert cr.plan(net, [a], x) == [None]                    # empty board: plain CE
@@ -440,7 +446,7 @@ def test_cream_stores_the_teachers_outputs_once_the_board_has_one(net, batch):
     """store_outputs: teacher (Cream's code): the first entry keeps its own softmax (no teacher
     yet), later ones the softmax of the path that taught them on that step."""
     x, y = batch
-    cr = C.Cream(SPACE, 16, C.Settings(board_size=3, store_images=4, store_outputs="teacher",
+    cr = C.Cream(SPACE, 16, settings(board_size=3, store_images=4, store_outputs="teacher",
                                        top1_rho=0.5))
     rng = np.random.default_rng(8)
     a, b = SPACE.sample(rng), SPACE.sample(rng)
@@ -473,15 +479,12 @@ def test_warmup_and_matcher_interval_are_fractions_of_the_run():
 
 
 def test_settings_reject_bad_values_with_a_config_error():
-    cfg = load_config(None, [])
-    assert C.Settings.from_config(cfg["train"]["cream"]) == C.Settings()  # defaults = project variant
-    for bad in (dict(pick="best"), dict(board_rule="paper"), dict(store_outputs="mean"),
-                dict(meta_optimizer="sgd"), dict(warmup=1.5), dict(meta_interval=0.0),
-                dict(store_images=0)):
-        with pytest.raises(ConfigError):
-            C.Settings(**bad)
-    with pytest.raises(ConfigError):
-        C.Settings.from_config({**cfg["train"]["cream"], "warmup_epochs": 0.17})
+    for bad in ("pick=best", "board_rule=paper", "store_outputs=mean", "meta_optimizer=sgd", "warmup=1.5",
+                "meta_interval=0.0", "store_images=0"):
+        with pytest.raises(ConfigError, match=f"train.cream.{bad.split('=')[0]}"):
+            load_config(None, [f"train.cream.{bad}"])
+    with pytest.raises(TypeError):  # a key that is not one of the section's
+        C.Settings.from_config({**load_config()["train"]["cream"], "warmup_epochs": 0.17})
     cr = C.Cream(SPACE, 16, _settings(meta_batch=9))
     x = paddle.zeros([16, 3, 32, 32])
     with pytest.raises(ConfigError):
@@ -671,9 +674,11 @@ import sys
 import numpy as np
 import paddle
 from track1.methods import cream as C
-from track1.space import SearchSpace
 from track1.network.supernet import SuperNet
+from track1.pipeline.config import load_config
+from track1.space import SearchSpace
 
+settings = lambda **kw: C.Settings.from_config({**load_config()["train"]["cream"], **kw})  # noqa: E731
 paddle.distributed.init_parallel_env()
 rank = paddle.distributed.get_rank()
 space = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -682,7 +687,7 @@ net = SuperNet(space)
 net.train()
 opt = paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=net.parameters(),
                                 use_nesterov=True)
-cr = C.Cream(space, 16, C.Settings(board_size=3, store_images=4, pick="meta", meta_lookahead="kd",
+cr = C.Cream(space, 16, settings(board_size=3, store_images=4, pick="meta", meta_lookahead="kd",
                                    meta_batch=4, meta_features="flat", meta_optimizer="nesterov",
                                    meta_lr=0.1, meta_clip=1.0, meta_student_step=True))
 rng = np.random.default_rng(100 + rank)          # each rank its own batch, as under DataParallel

@@ -13,8 +13,9 @@ from track1.methods import teacher as teacher_mod
 from track1.methods.teacher import TeacherCacheError
 from track1.pipeline.config import ConfigError
 from track1.ranking.proxy_runs import gaussian_batch
-from track1.methods.teacher import Teacher, combine, parse_teacher, reference_codes, reference_stats, teacher_label
-from track1.pipeline.train import build_space
+from track1.methods.teacher import Teacher
+from track1.ranking.ensemble import combine, parse_teacher, reference_codes, reference_stats, teacher_label
+from track1.space import SearchSpace
 
 from conftest import tiny_config
 
@@ -61,7 +62,7 @@ def test_ensemble_is_the_weighted_mean_of_reference_z_scores():
 
 def test_single_cheap_teacher_is_the_raw_score_and_writes_nothing(tmp_path):
     cfg = tiny_config(tmp_path, "train.ranking.teacher=params")
-    space = build_space(cfg)
+    space = SearchSpace.from_config(cfg)
     t = Teacher(cfg, space, CACHE(tmp_path))
     w = space.widths(space.smallest())
     assert t(w) == space.params(w) and t.path is None and t.computed == 0
@@ -85,7 +86,7 @@ def _counting(monkeypatch):
 
 def test_ensemble_teacher_scores_each_network_once_across_resumes(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, *ENSEMBLE)
-    space = build_space(cfg)
+    space = SearchSpace.from_config(cfg)
     rng = np.random.default_rng(1)
     nets = [space.widths(space.sample(rng)) for _ in range(2)]
     calls = _counting(monkeypatch)
@@ -117,7 +118,7 @@ def test_ensemble_teacher_scores_each_network_once_across_resumes(tmp_path, monk
 
 def test_another_teachers_cache_is_not_read_and_a_mislabelled_one_is_refused(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, *ENSEMBLE)
-    space = build_space(cfg)
+    space = SearchSpace.from_config(cfg)
     w = space.widths(space.smallest())
     first = Teacher(cfg, space, CACHE(tmp_path))
     first(w)
@@ -148,7 +149,7 @@ def test_proxies_command_ensemble_equals_the_teacher(tmp_path, capsys):
     out = json.loads((folder / "list@snip+synflow.json").read_text())
     meta = json.loads((folder / "list@snip+synflow.meta.json").read_text())
     assert meta["reference"]["size"] == 4 and meta["input"] == {"snip": "gaussian", "synflow": "none"}
-    space = build_space(cfg)
+    space = SearchSpace.from_config(cfg)
     t = Teacher(cfg, space, CACHE(tmp_path))
     assert {k: v["acc"] for k, v in out.items()} == {k: t(space.widths(c)) for k, c in codes.items()}
 

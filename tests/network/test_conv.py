@@ -15,7 +15,7 @@ from track1.network.layers import DynamicConv2D, leading
 from track1.space import SearchSpace
 from track1.network.resnet import ResNet
 from track1.network.supernet import SuperNet
-from track1.pipeline.train import build_supernet, conv_mode
+from track1.network.build import build_supernet
 
 RTOL = 1e-5
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -103,9 +103,8 @@ def test_no_grad_and_bad_mode():
         conv2d(x, w, 1, 1, "fastest")
     with pytest.raises(ValueError, match="unknown conv mode"):
         DynamicConv2D(4, 4, 3, conv="fastest")
-    with pytest.raises(ConfigError, match="train.conv"):
-        conv_mode({"train": {"conv": "fastest"}})
-    assert conv_mode({"train": {"conv": "stock"}}) == "stock"
+    with pytest.raises(ConfigError, match="train.conv: 'fastest' is not one of fast, stock"):
+        load_config(None, ["train.conv=fastest"])
 
 
 def test_float64_runs_stock():

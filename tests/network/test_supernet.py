@@ -4,6 +4,7 @@ import pytest
 
 from track1.space import SearchSpace, parse
 from track1.network.resnet import ResNet
+from track1.network.build import zero_residual_branches
 from track1.network.supernet import SuperNet
 
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -59,7 +60,8 @@ def test_gradients_reach_only_the_used_slice():
 
 def test_zero_init_residual_makes_every_block_its_shortcut():
     paddle.seed(0)
-    net = SuperNet(SPACE, zero_init_residual=True)
+    net = SuperNet(SPACE)
+    zero_residual_branches(net)
     assert all(not b.bn2.weight.numpy().any() for stage in net.stages for b in stage)
     assert net.stem_bn.weight.numpy().all()  # other BN scales keep their 1.0
     # A stride-1 block whose input and output widths agree is then act(identity) = relu(x).

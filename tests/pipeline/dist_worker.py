@@ -9,7 +9,8 @@ from pathlib import Path
 import paddle
 
 from track1.pipeline.config import load_config
-from track1.pipeline.train import _check_ranks_agree, build_supernet, train
+from track1.network.build import build_supernet
+from track1.pipeline.train import check_ranks_agree, train
 
 out, overrides = Path(sys.argv[1]), sys.argv[2:]
 cfg = load_config(None, overrides)
@@ -22,6 +23,6 @@ if rank == 1:
     w = model.stem_conv.weight
     w.set_value(w + 1e-3)
 try:
-    _check_ranks_agree(model)
+    check_ranks_agree(model)
 except RuntimeError:
     (out / f"drift_caught.{rank}").write_text("ok")

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -61,8 +62,9 @@ def test_validate_reports_changed_code(capsys, tmp_path):
 
 
 def _run_sh(tmp_path, *args, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(["bash", str(REPO / "run.sh"), *args], cwd=REPO, env=env,
+    """run.sh with no OMP_NUM_THREADS in the environment: the config's run.threads sets it."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return subprocess.run(["bash", str(REPO / "run.sh"), *args], cwd=REPO, env={**env, **(env_extra or {})},
                           capture_output=True, text=True, timeout=170)
 
 
@@ -70,7 +72,7 @@ def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
     """The whole pipeline on a tiny config: an interrupted train stage resumes, finished stages skip."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"_base_: {REPO / 'configs' / 'default.yaml'}\n"
-                   f"run: {{name: e2e, output_dir: {tmp_path / 'out'}}}\n"
+                   f"run: {{name: e2e, output_dir: {tmp_path / 'out'}, threads: 1}}\n"
                    "space: {width_mult: 0.125}\n"
                    "data: {train_size: 320, batch_size: 32}\n"
                    "train: {epochs: 2, log_every: 5, save_every_steps: 4, eval_images: 200}\n"
@@ -86,6 +88,7 @@ def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
     first = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
     assert first.returncode == 0, first.stderr[-3000:]
     assert "resumed from" in first.stdout and "step_0000006" in first.stdout
+    assert "1 CPU threads a process" in first.stdout  # run.threads, not the machine's cores
     sub = tmp_path / "submit" / "e2e.json"
     data = json.loads(sub.read_text())
     assert list(data) == [f"arch{i}" for i in range(1, 21)]
@@ -99,6 +102,23 @@ def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
     check = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "track1", "validate", str(sub),
                             "--arch-list", str(arch)], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_run_sh_keeps_the_device_it_was_set_up_for(tmp_path):
+    """A venv set up for the CPU stays so when nvidia-smi appears (or is missing); only DEVICE swaps."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(REPO / ".venv" / "bin" / "python")
+    (venv / ".requirements").write_text(hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()[:16])
+    (venv / ".device").write_text("cpu")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA A100 (UUID: GPU-1)'\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    env = {"VENV": str(venv), "PATH": f"{tools}:{os.environ['PATH']}"}
+    done = _run_sh(tmp_path, "--setup", env_extra=env)
+    assert done.returncode == 0 and "setting up" not in done.stdout, done.stdout + done.stderr
+    assert (venv / ".device").read_text().strip() == "cpu"
 
 
 def test_run_sh_rejects_bad_arguments(tmp_path):

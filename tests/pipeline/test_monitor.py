@@ -8,7 +8,8 @@ from track1.pipeline import checkpoint
 from track1.pipeline.config import config_hash, run_dir
 from track1.ranking.metrics import load_scores, rank_metrics
 from track1.ranking.submission import SubmissionError, demo_arch_list
-from track1.pipeline.train import build_space, train
+from track1.pipeline.train import train
+from track1.space import SearchSpace
 
 from conftest import tiny_config
 
@@ -26,7 +27,7 @@ def _state(path):
 
 def _truth_file(tmp_path, cfg, n=6):
     """A stand-in truth file: made-up accuracies for n demo codes (only its shape matters here)."""
-    codes = demo_arch_list(n, 7, build_space(cfg))
+    codes = demo_arch_list(n, 7, SearchSpace.from_config(cfg))
     accs = np.linspace(0.5, 0.9, n)[::-1]
     path = tmp_path / "truth.json"
     path.write_text(json.dumps({k: {"acc": float(a), "arch": c}

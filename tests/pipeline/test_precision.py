@@ -4,11 +4,14 @@ import numpy as np
 import paddle
 import pytest
 
-import track1.pipeline.train as train_mod
-from track1.pipeline.config import ConfigError
-from track1.pipeline.precision import Precision, fp32
-from track1.methods.sampling import MarginSampler
-from track1.pipeline.train import Teacher, build_supernet, plan_step, read_scalars, train_step
+import track1.methods.ranking as ranking_mod
+import track1.methods.step as step_mod
+from track1.methods.base import RunContext
+from track1.methods.ranking import RankingDistillation
+from track1.methods.step import plan_subnets, read_scalars, train_step
+from track1.network.build import build_supernet
+from track1.network.precision import Precision, fp32
+from track1.pipeline.config import ConfigError, load_config
 
 from conftest import tiny_config
 
@@ -39,12 +42,13 @@ def _step_inputs(tmp_path):
     space, model = build_supernet(cfg)
     x = paddle.randn([8, 3, 32, 32])
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
-    subnets, pairs = plan_step(space, cfg, MarginSampler(space, threshold=20), 0)
-    return cfg, space, model, x, y, subnets, pairs, Teacher(cfg, space)
+    ranking = RankingDistillation(cfg, RunContext(space, 8, 16))
+    ranking.lam = 1.0
+    return cfg, space, model, x, y, plan_subnets(cfg, space, [ranking], 0), ranking
 
 
 def test_bf16_forward_is_autocast_and_every_loss_is_computed_in_fp32(tmp_path, monkeypatch):
-    cfg, space, model, x, y, subnets, pairs, teacher = _step_inputs(tmp_path)
+    cfg, space, model, x, y, subnets, ranking = _step_inputs(tmp_path)
     precision = Recording()
     forwards_inside = []
 
@@ -53,11 +57,11 @@ def test_bf16_forward_is_autocast_and_every_loss_is_computed_in_fp32(tmp_path, m
         return [o.astype("bfloat16") for o in model(inp, widths)]
 
     seen = []
-    for name in ("label_loss", "soft_cross_entropy"):
-        real = getattr(train_mod, name)
-        monkeypatch.setattr(train_mod, name, lambda logits, *a, _real=real, **k: (
+    for module, name in ((step_mod, "label_loss"), (step_mod, "soft_cross_entropy"), (ranking_mod, "label_loss")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda logits, *a, _real=real, **k: (
             seen.append(logits.dtype), _real(logits, *a, **k))[1])
-    scalars = train_step(bf16_model, space, subnets, x, y, cfg, pairs, teacher, 1.0, precision=precision)
+    scalars = train_step(bf16_model, space, subnets, x, y, [ranking], precision=precision)
     assert forwards_inside == [True] and precision.backwards == 1
     assert len(seen) >= 6 and set(seen) == {paddle.float32}  # 6 subnet losses + the pairs' label losses
     assert np.isfinite(scalars["loss/total"]) and scalars["rank/loss"] > 0
@@ -76,8 +80,8 @@ def test_modes_configure_paddle_autocast_and_loss_scaling(monkeypatch):
         pass
     assert len(calls) == 2  # off: no autocast region at all
     assert Precision("bf16").scaler is None and Precision("fp16").scaler is not None
-    with pytest.raises(ConfigError, match="train.amp 'fp8'"):
-        Precision("fp8")
+    with pytest.raises(ConfigError, match="train.amp: 'fp8' is not one of off, bf16, fp16"):
+        load_config(None, ["train.amp=fp8"])
     t = paddle.ones([2], dtype="bfloat16")
     assert fp32(t).dtype == paddle.float32 and fp32(fp32(t)) is not t
 
@@ -97,7 +101,7 @@ def test_fp16_step_goes_through_the_grad_scaler(monkeypatch):
 def test_step_without_reading_keeps_scalars_on_the_device_with_the_same_values(tmp_path):
     values = []
     for read in (True, False):
-        cfg, space, model, x, y, subnets, pairs, teacher = _step_inputs(tmp_path)
-        values.append(train_step(model, space, subnets, x, y, cfg, pairs, teacher, 1.0, read=read))
+        cfg, space, model, x, y, subnets, ranking = _step_inputs(tmp_path)
+        values.append(train_step(model, space, subnets, x, y, [ranking], read=read))
     assert isinstance(values[1]["loss/total"], paddle.Tensor) and isinstance(values[1]["rank/agree"], paddle.Tensor)
     assert read_scalars(values[1]) == values[0]

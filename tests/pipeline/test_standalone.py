@@ -18,7 +18,8 @@ from conftest import REPO, tiny_config
 # The whole `standalone:` section at test size (set in full, so the tests do not depend on
 # default.yaml's values).
 SECTION = {
-    "epochs": 1, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5.0e-4,
+    "epochs": 1, "optimizer": "momentum", "lr": 0.1, "min_lr": 0.0, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 5.0e-4,
     "no_decay_bn_bias": True, "warmup_epochs": 0.2, "label_smoothing": 0.0, "grad_clip": 1.0,
     "batch_size": 32, "train_size": 128, "zero_init_residual": True, "val_images": 64,
     "seeds": [0, 1], "num_codes": 0, "log_every": 1, "visualdl": True,

@@ -6,7 +6,9 @@ import pytest
 
 from track1.pipeline import checkpoint
 from track1.pipeline.config import ConfigError, config_hash, run_dir, set_value
-from track1.pipeline.train import build_supernet, lr_factor, train
+from track1.network.build import build_supernet
+from track1.pipeline.optim import lr_factor
+from track1.pipeline.train import train
 
 from conftest import tiny_config
 
@@ -36,7 +38,7 @@ def test_training_refuses_to_overwrite_or_resume_another_config(tmp_path):
     train(cfg, progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="--resume"):
         train(cfg, progress=False)
-    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"written by another config \(train.lr: 0.2 -> 0.5\)"):
         train(tiny_config(tmp_path, "train.lr=0.5"), resume=True, progress=False)
 
 
@@ -71,26 +73,29 @@ def test_lr_warmup_then_cosine():
 
 def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
     """Stem gradients of one RD-NAS step per lambda, its scalars, subnets and pairs."""
-    from track1.methods.sampling import MarginSampler, step_pairs, step_subnets
-    from track1.pipeline.train import Teacher, train_step
+    from track1.methods.base import RunContext
+    from track1.methods.ranking import RankingDistillation
+    from track1.methods.step import plan_subnets, train_step
     # A margin of 10 makes every pair's rank loss positive, so lambda must move the gradient.
     cfg = tiny_config(tmp_path, "train.ranking.enabled=true", "train.ranking.threshold=20",
-                      "train.ranking.margin=10", f"train.ranking.pair_mode={mode}", *overrides)
+                      "train.ranking.margin=10", f"train.ranking.pair_mode={mode}", "train.num_random=3",
+                      *overrides)
     space, model = build_supernet(cfg)
     x = paddle.randn([8, 3, 32, 32])
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
-    subnets = step_subnets(space, "sandwich", 3, seed=0, step=0)
-    added, pairs = step_pairs(space, mode, subnets, MarginSampler(space, threshold=20), 2, 0, 0)
-    teacher = Teacher(cfg, space)
+    ranking = RankingDistillation(cfg, RunContext(space, 8, 16))
+    subnets = plan_subnets(cfg, space, [], step=0)
+    added, pairs = ranking.extend(subnets, 0), ranking.pairs
     grads = []
     for lam in lams:
         model.clear_gradients()
-        scalars = train_step(model, space, subnets + added, x, y, cfg, pairs, teacher, lam)
+        ranking.lam = lam
+        scalars = train_step(model, space, subnets + added, x, y, [ranking])
         grads.append(model.stem_conv.weight.grad.numpy().copy())
     model.clear_gradients()
-    train_step(model, space, subnets, x, y, cfg)  # the same step without ranking
+    train_step(model, space, subnets, x, y)  # the same step without ranking
     grads.append(model.stem_conv.weight.grad.numpy().copy())
-    return grads, scalars, subnets, added, pairs, teacher, space
+    return grads, scalars, subnets, added, pairs, ranking.teacher, space
 
 
 def test_ranking_distillation_step_adds_partner_and_rank_loss(tmp_path):
@@ -126,6 +131,7 @@ def test_free_pairs_come_from_the_steps_own_random_subnets(tmp_path):
     with pytest.raises(ConfigError, match="pair_mode=free .* train.num_random >= 2"):
         train(tiny_config(tmp_path / "bad", "train.ranking.enabled=true",
                           "train.ranking.pair_mode=free", "train.num_random=1"), progress=False)
+    assert not (tmp_path / "bad" / "tiny").exists()  # refused before anything is written
 
 
 def test_training_has_no_way_to_receive_ground_truth(capsys):
@@ -137,7 +143,7 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
     import sys
 
     from track1.pipeline.cli import main
-    from track1.pipeline.config import _NOT_HASHED, load_config
+    from track1.pipeline.config import NOT_TRAINING_SECTIONS, load_config
     with pytest.raises(SystemExit):
         main(["train", "--truth", "gt.json"])
     assert "unrecognized arguments: --truth" in capsys.readouterr().err
@@ -146,7 +152,7 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
         for k, v in node.items():
             yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
     suspicious = [k for k in keys(load_config(None)) if any(w in k for w in ("truth", "ground", "gt_"))]
-    assert suspicious == ["monitor.truth"] and "monitor" in _NOT_HASHED
+    assert suspicious == ["monitor.truth"] and "monitor" in NOT_TRAINING_SECTIONS
     probe = ("import sys, track1.pipeline.train, track1.pipeline.cli; "
              "print(sorted(m for m in sys.modules if m in ('track1.pipeline.standalone', 'track1.ranking.metrics', 'track1.pipeline.monitor')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -155,8 +161,8 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
 
 def test_epoch_end_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_path):
     from track1.ranking.evaluate import score_widths
+    from track1.ranking.health import health, probe_subnets
     from track1.space import official_problem
-    from track1.pipeline.train import evaluate_ends, probe_subnets
     cfg = tiny_config(tmp_path)
     space, model = build_supernet(cfg)
     probes = probe_subnets(space, 3)
@@ -167,7 +173,7 @@ def test_epoch_end_health_scores_fixed_official_subnets_and_leaves_bn_alone(tmp_
     model.eval()
     val = [(x, model(x, space.widths(probes[1])).argmax(axis=1))]  # labels that spread the accuracies
     buffers = [b.numpy().copy() for b in model.buffers()]
-    top1 = evaluate_ends(model, space, (calib, val, 1024), 3)
+    top1 = health(model, space, (calib, val, 1024), 3)
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(buffers, model.buffers()))
     expected = [score_widths(model, space.widths(a), calib, val)[0] for a in probes]
     assert top1["val/top1_probe_mean"] == pytest.approx(np.mean(expected))
@@ -194,7 +200,7 @@ def test_resume_refuses_another_world_size(tmp_path):
 
 def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
     from track1.ranking.evaluate import score_widths
-    from track1.pipeline.train import _eval_sets, evaluate_ends
+    from track1.ranking.health import health, health_sets
     cfg = tiny_config(tmp_path, "score.eval_batch=16")
     space, model = build_supernet(cfg)
     # Training-like statistics, so that recalibration would visibly change them.
@@ -202,8 +208,8 @@ def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
         bn._mean.set_value(paddle.full(bn._mean.shape, 0.3))
         bn._variance.set_value(paddle.full(bn._variance.shape, 2.0))
     before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-    calib, val, chunk = _eval_sets(cfg)
-    top1 = evaluate_ends(model, space, (calib, val, chunk))
+    calib, val, chunk = health_sets(cfg)
+    top1 = health(model, space, (calib, val, chunk))
     after = model.state_dict()
     for k, v in before.items():
         np.testing.assert_array_equal(v, after[k].numpy(), err_msg=k)
@@ -214,7 +220,7 @@ def test_epoch_end_evaluation_leaves_bn_statistics_as_they_were(tmp_path):
     # Two ranks' shares of the validation batches partition them, each batch once, and each rank
     # holds only its own images.
     labels = [y.numpy() for _, y in val]
-    shares = [_eval_sets(cfg, r, 2)[1] for r in range(2)]
+    shares = [health_sets(cfg, r, 2)[1] for r in range(2)]
     assert len(labels) == 4 and [len(s) for s in shares] == [2, 2] and [s.n for s in shares] == [32, 32]
     for r in range(2):
         np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in shares[r]]),
@@ -225,16 +231,16 @@ def test_epoch_end_check_memory_does_not_grow_with_the_image_counts(tmp_path):
     """Peak bytes of live tensors during the check: the same for 8x the calibration and validation
     images (score.chunk_images holds them to a chunk)."""
     from paddle.base import core
-    from track1.pipeline.train import _eval_sets, evaluate_ends
+    from track1.ranking.health import health, health_sets
     cfg = tiny_config(tmp_path, "data.train_size=1024", "score.calib_batch=64", "score.chunk_images=128")
     space, model = build_supernet(cfg)
 
     def peak(calib_images: int, eval_images: int) -> int:
         c = set_value(set_value(cfg, "score.calib_images", calib_images), "train.eval_images", eval_images)
-        sets = _eval_sets(c)
+        sets = health_sets(c)
         core.host_memory_stat_reset_peak_value("Allocated", 0)
         before = core.host_memory_stat_current_value("Allocated", 0)
-        evaluate_ends(model, space, sets, 2)
+        health(model, space, sets, 2)
         return core.host_memory_stat_peak_value("Allocated", 0) - before
 
     small, large = peak(128, 128), peak(1024, 1024)
@@ -243,7 +249,7 @@ def test_epoch_end_check_memory_does_not_grow_with_the_image_counts(tmp_path):
 
 def test_window_reports_throughput_and_the_data_wait_fraction():
     import time
-    from track1.pipeline.train import Window
+    from track1.pipeline.progress import Window
 
     class Data:
         wait_seconds = 5.0
@@ -259,20 +265,11 @@ def test_window_reports_throughput_and_the_data_wait_fraction():
     assert Window(object()).scalars()["throughput/data_wait"] == 0.0  # data without the attribute
 
 
-def test_start_line_names_device_build_and_world_size():
-    from track1.pipeline.precision import Precision
-    from track1.pipeline.train import describe_device
-    line = describe_device(2, Precision("bf16"))
-    assert "device cpu" in line and "CPU build" in line and "world size 2" in line and "amp bf16" in line
-    assert "CPU-only Paddle" in line and "gloo" in line
-    assert "CPU-only" not in describe_device(1, Precision("off"))
-
-
 def test_checkpoint_after_epoch_end_evaluation_equals_one_without_it(tmp_path, monkeypatch):
     import track1.pipeline.train as train_mod
     with_eval = _weights(train(tiny_config(tmp_path / "a", "train.epochs=1"), progress=False))
-    monkeypatch.setattr(train_mod, "evaluate_ends", lambda *a, **k: {"val/top1_largest": 0.0,
-                                                                     "val/top1_smallest": 0.0})
+    monkeypatch.setattr(train_mod, "health", lambda *a, **k: {"val/top1_largest": 0.0,
+                                                              "val/top1_smallest": 0.0})
     without = _weights(train(tiny_config(tmp_path / "b", "train.epochs=1"), progress=False))
     bn = [k for k in with_eval if k.endswith(("_mean", "_variance"))]
     assert bn and with_eval.keys() == without.keys()

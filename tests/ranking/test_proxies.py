@@ -315,12 +315,10 @@ def test_proxy_settings():
                                               "input": "data"}
     cfg["proxies"]["resolution"] = 64
     assert proxy_runs.proxy_settings(cfg)["resolution"] == 64
-    cfg["proxies"]["input"] = "noise"
-    with pytest.raises(ConfigError, match="proxies.input"):
-        proxy_runs.proxy_settings(cfg)
-    cfg["proxies"]["input"], cfg["proxies"]["repeats"] = "gaussian", 0
-    with pytest.raises(ConfigError, match="repeats"):
-        proxy_runs.proxy_settings(cfg)
+    with pytest.raises(ConfigError, match="proxies.input: 'noise' is not one of data, gaussian"):
+        load_config(None, ["proxies.input=noise"])
+    with pytest.raises(ConfigError, match="proxies.repeats: must be at least 1, got 0"):
+        load_config(None, ["proxies.repeats=0"])
 
 
 # -- input without a dataset ---------------------------------------------------------------------

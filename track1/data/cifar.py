@@ -11,6 +11,7 @@ import numpy as np
 from track1.data.datafiles import CACHE, DataError, stat_key
 from track1.files import atomic_write
 
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SIZE = 32
 # Per-channel mean and std of the training images (the values the CIFAR literature uses).

@@ -12,6 +12,7 @@ from track1.data.datafiles import CACHE, DataError
 from track1.data.images import ImageDataset, collate, image_samples, rgb_to_tensor
 from track1.data.sources import ARRAY_DATA, arrays, check_name, first_n
 
+
 # Folder/list evaluation images are kept in memory (uint8) up to this size; larger sets are decoded
 # again on every pass, except the scoring sets (calibration_batches, validation_batches).
 EVAL_CACHE_BYTES = 1 << 30

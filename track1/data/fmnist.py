@@ -17,6 +17,7 @@ import paddle
 from track1.data.datafiles import CACHE, DataError, stat_key
 from track1.files import atomic_write
 
+
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -10,8 +10,10 @@ import numpy as np
 
 from track1.data import cifar
 from track1.data.datafiles import DataError
-from track1.data.fmnist import FMNIST_PAD, FMNIST_SIZE, fmnist_to_tensor, has_fmnist, load_fashion_mnist, prepare_fmnist
+from track1.data.fmnist import (FMNIST_PAD, FMNIST_SIZE, fmnist_to_tensor, has_fmnist, load_fashion_mnist,
+                                prepare_fmnist)
 from track1.data.images import normalize, prepare_images
+
 
 # Held in memory as uint8 arrays, 32 px, augmented per global batch; the others are image files.
 ARRAY_DATA = ("fashion_mnist", *cifar.DATASETS)

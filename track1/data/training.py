@@ -9,7 +9,8 @@ import paddle
 
 from track1.data.datafiles import DataError
 from track1.data.images import AUGMENT_PAD, ImageDataset, augment_batch, collate, image_samples, rgb_to_tensor
-from track1.data.sources import ARRAY_DATA, arrays, check_name, first_n
+from track1.data.sources import ARRAY_DATA, IMAGE_DATA, arrays, check_name, first_n
+
 
 #
 # Training order is a pure function of (run.seed, epoch, step): epoch e visits
@@ -61,6 +62,19 @@ class BatchStream:
         while True:
             yield from EpochBatchSampler(*self.args, epoch, start)
             epoch, start = epoch + 1, 0
+
+
+PREFETCH = 2  # paddle.io.DataLoader's prefetch_factor: batches each worker keeps in flight
+
+
+def shared_memory_bytes(cfg: dict) -> int:
+    """About the /dev/shm one process's DataLoader workers hold at once (folder/list data with
+    data.shared_memory): PREFETCH uint8 batches a worker, of the largest batch it reads."""
+    d, s = cfg["data"], cfg["score"]
+    if d["name"] not in IMAGE_DATA or not d["shared_memory"] or d["num_workers"] == 0:
+        return 0
+    batch = max(d["batch_size"], s["calib_batch"], s["eval_batch"])
+    return PREFETCH * d["num_workers"] * batch * (3 * cfg["space"]["resolution"] ** 2 + 8)
 
 
 class TrainData:

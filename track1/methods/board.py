@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import paddle
 
+
 BOARD_RULES = ("project", "authors")
 
 

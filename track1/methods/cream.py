@@ -8,77 +8,55 @@ The README's Cream section lists where `configs/cream_authors.yaml` and the proj
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from track1.methods.board import BOARD_RULES, PathBoard
 from track1.errors import ConfigError
-from track1.methods.matcher import (FEATURES, INITS, LOOKAHEADS, OPTIMIZERS, PICK_MODES, MetaMatcher,
-                      all_reduce_mean, choose_teacher, matcher_optimizer, meta_step, student_step,
-                      student_logits_on_board, teacher_probs)
+from track1.methods.base import Method, RunContext
+from track1.methods.board import PathBoard
+from track1.methods.losses import cream_loss
+from track1.methods.matcher import (MetaMatcher, all_reduce_mean, choose_teacher, matcher_optimizer,
+                                    meta_step, student_logits_on_board, student_step, teacher_probs)
 from track1.space import Arch, SearchSpace
-
-_CHOICES = {"board_rule": BOARD_RULES, "pick": PICK_MODES, "store_outputs": ("own", "teacher"),
-            "meta_order": ("after", "before"), "meta_lookahead": LOOKAHEADS,
-            "meta_features": FEATURES, "meta_init": INITS, "meta_optimizer": OPTIMIZERS,
-            "meta_decay": ("constant", "linear")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The train.cream section (configs/default.yaml documents each key); defaults: project variant."""
+    """The train.cream section (configs/default.yaml documents each key and holds the defaults: the
+    project variant; the config schema checks every value)."""
 
-    roles: tuple[str, ...] = ("random",)
-    board_size: int = 10
-    board_rule: str = "project"
-    gap: float = 0.0
-    warmup: float = 0.17
-    store_images: int = 8
-    store_outputs: str = "own"
-    pick: str = "top1"
-    top1_rho: float = 1.0
-    meta_interval: float = 0.05
-    meta_order: str = "after"
-    meta_lookahead: str = "full"
-    meta_batch: int = 0
-    meta_features: str = "pairs"
-    meta_hidden: int = 0
-    meta_init: str = "normal"
-    meta_optimizer: str = "adam"
-    meta_lr: float = 1e-3
-    meta_momentum: float = 0.9
-    meta_decay: str = "constant"
-    meta_clip: float = 0.0
-    meta_student_step: bool = False
-    meta_seed: int = 0
-
-    def __post_init__(self):
-        for key, allowed in _CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"train.cream.{key}: {getattr(self, key)!r} is not one of "
-                                  f"{', '.join(allowed)}")
-        if not 0.0 <= self.warmup <= 1.0:
-            raise ConfigError(f"train.cream.warmup: {self.warmup} is not a fraction of the run in [0, 1]")
-        if not 0.0 < self.meta_interval <= 1.0:
-            raise ConfigError(f"train.cream.meta_interval: {self.meta_interval} is not a fraction "
-                              f"of the run in (0, 1]")
-        for key in ("board_size", "store_images"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.cream.{key}: must be at least 1, got {getattr(self, key)}")
-        if self.meta_batch < 0 or self.meta_hidden < 0 or self.meta_clip < 0:
-            raise ConfigError("train.cream.meta_batch, meta_hidden and meta_clip must not be negative")
+    roles: tuple[str, ...]
+    board_size: int
+    board_rule: str
+    gap: float
+    warmup: float
+    store_images: int
+    store_outputs: str
+    pick: str
+    top1_rho: float
+    meta_interval: float
+    meta_order: str
+    meta_lookahead: str
+    meta_batch: int
+    meta_features: str
+    meta_hidden: int
+    meta_init: str
+    meta_optimizer: str
+    meta_lr: float
+    meta_momentum: float
+    meta_decay: str
+    meta_clip: float
+    meta_student_step: bool
+    meta_seed: int
 
     @classmethod
     def from_config(cls, section: dict) -> "Settings":
         values = {k: v for k, v in section.items() if k != "enabled"}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"train.cream: unknown keys {sorted(unknown)}")
-        values["roles"] = tuple(values.get("roles", cls.roles))
+        values["roles"] = tuple(values["roles"])
         return cls(**values)
 
 
@@ -93,19 +71,21 @@ class Plan:
     rank: int  # the teacher's place on the board, 0 = best batch accuracy
 
 
-class Cream:
+class Cream(Method):
     """Board + teacher choice + matcher over a run of `total_steps` optimizer steps.
 
-    The loop calls `plan` before the step's forward (teachers' soft labels), `observe` with each
-    student's training logits (board update), `meta_step` when `meta_due` (before or after the
-    optimizer step: `settings.meta_order`), and `state_dict`/`set_state_dict` with the checkpoints.
+    As a training method (track1.methods.base): before the step's forward it picks each student's
+    teacher and computes the teacher's soft labels (`plan`), it sets the students' losses, offers
+    each student to the board with its training logits (`observe`), and runs the matcher's update
+    (`meta_step`) when due, before the forward or after the optimizer step (`settings.meta_order`).
     Warm-up and matcher interval are fractions of the run, so they mean the same on any run length.
     """
 
-    def __init__(self, space: SearchSpace, total_steps: int, settings: Settings = Settings(),
-                 smoothing: float = 0.0):
+    name = "cream"
+
+    def __init__(self, space: SearchSpace, total_steps: int, settings: Settings, smoothing: float = 0.0):
         s = self.settings = settings
-        self.space, self.total_steps, self.smoothing = space, int(total_steps), float(smoothing)
+        self.space, self.total_steps, self.smoothing = space, int(total_steps), smoothing
         self.roles = tuple(s.roles)
         self.warmup_steps = int(round(s.warmup * self.total_steps))
         self.meta_every = max(1, int(round(s.meta_interval * self.total_steps)))
@@ -116,11 +96,46 @@ class Cream:
                                        s.meta_hidden, s.meta_init, np.random.default_rng(s.meta_seed))
             self.matcher_opt = matcher_optimizer(self.matcher, s.meta_optimizer, s.meta_lr,
                                                  s.meta_momentum, s.meta_clip)
+        self._plans: dict[int, Plan | None] = {}  # this step's students (subnet index) and teachers
 
     @classmethod
-    def from_config(cls, cfg: dict, space: SearchSpace, total_steps: int) -> "Cream":
-        return cls(space, total_steps, Settings.from_config(cfg["train"]["cream"]),
-                   float(cfg["train"]["label_smoothing"]))
+    def from_config(cls, cfg: dict, context: RunContext) -> "Cream":
+        return cls(context.space, context.total_steps, Settings.from_config(cfg["train"]["cream"]),
+                   cfg["train"]["label_smoothing"])
+
+    # -- the method's hooks ------------------------------------------------------------------------
+    def before_forward(self, model, subnets, x, y, step, lr, optimizer) -> dict:
+        """The matcher's look-ahead when it runs first (Cream's order), then each student's teacher
+        and soft labels (no-grad forwards on the bare supernet)."""
+        scalars = {}
+        if self.meta_before and self.meta_due(step):
+            scalars = self.meta_step(model, subnets, x, y, step, lr, optimizer)
+        students = [i for i, (role, _) in enumerate(subnets) if role in self.roles] if self.active(step) else []
+        self._plans = dict(zip(students, self.plan(model, [subnets[i][1] for i in students], x))) if students else {}
+        return scalars
+
+    def subnet_loss(self, index, role, arch, logits, y):
+        plan = self._plans.get(index)
+        return None if plan is None else cream_loss(logits, plan.teacher_probs, y, plan.rho, self.smoothing)
+
+    def extra_loss(self, subnets, logits, x, y):
+        """No term: the students are offered to the board, in order, and the board is reported."""
+        if not self._plans:
+            return None, {}
+        for i, plan in self._plans.items():
+            self.observe(subnets[i][1], logits[i], x, y, plan)
+        used = [p for p in self._plans.values() if p is not None]
+        scalars = {"cream/taught": len(used) / len(self._plans)}
+        if used:
+            scalars["cream/rho"] = float(np.mean([p.rho for p in used]))
+            scalars["cream/teacher_rank"] = float(np.mean([p.rank for p in used]))
+        scalars.update(self.scalars())
+        return None, scalars
+
+    def after_step(self, model, subnets, x, y, step, lr, optimizer) -> dict:
+        if not self.meta_before and self.meta_due(step):
+            return self.meta_step(model, subnets, x, y, step, lr, optimizer)
+        return {}
 
     @property
     def meta_before(self) -> bool:

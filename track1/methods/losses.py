@@ -17,6 +17,7 @@ def soft_cross_entropy(logits: paddle.Tensor, target_probs: paddle.Tensor) -> pa
 
 
 RANK_LOSSES = ("better_only", "margin", "second_only")
+RANK_SCHEDULES = ("linear", "sin", "constant")
 
 
 def rank_loss(loss_a: paddle.Tensor, loss_b: paddle.Tensor, z_a: float, z_b: float,

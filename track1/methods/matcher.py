@@ -24,6 +24,7 @@ from track1.methods.board import BoardEntry, PathBoard
 from track1.methods.losses import label_loss, soft_cross_entropy
 from track1.space import Arch, SearchSpace, Widths
 
+
 PICK_MODES = ("top1", "meta")
 FEATURES = ("pairs", "flat")          # pairs: [d, |d|] per image, averaged | flat: all images, one row
 INITS = ("normal", "uniform")         # normal: N(0, 0.01^2) | uniform: U(+-1/sqrt(fan_out)), timm's Linear init

@@ -14,8 +14,11 @@ import numpy as np
 
 from track1.space import MAX_DEPTHS, Arch, SearchSpace, hamming
 
+
 _SUBNETS, _PARTNERS, _EXTRA = 1, 2, 3  # stream ids, so pair draws never shift the sandwich draws
+SAMPLERS = ("sandwich", "spos")
 PAIR_MODES = ("partners", "extra", "free")
+DISTANCES = ("hamming", "group")
 
 
 def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -32,6 +35,13 @@ def step_subnets(space: SearchSpace, rule: str, num_random: int, seed: int,
     if rule == "spos":
         return [("random", space.sample(rng))]
     raise ValueError(f"unknown sampler {rule!r}: expected sandwich or spos")
+
+
+def uses_every_parameter(rule: str) -> bool:
+    """Whether every step's subnets use every supernet parameter: a sandwich step trains the largest
+    subnet, which does; a SPOS path does not. paddle.DataParallel then needs no search for unused
+    parameters (find_unused_parameters), which costs a graph walk and a device sync per backward."""
+    return rule == "sandwich"
 
 
 def group_distance(a: Arch, b: Arch, depth_weight: float = 2.0, width_weight: float = 0.5) -> float:

@@ -23,6 +23,7 @@ from paddle.autograd import PyLayer
 
 from track1.network import onednn
 
+
 MODES = ("fast", "stock")
 _warned = False
 

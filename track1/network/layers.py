@@ -127,6 +127,9 @@ class DynamicLinear(nn.Layer):
         return F.linear(x, weight, self.bias)
 
 
+ACTIVATIONS = ("relu", "prelu", "mish")
+
+
 def make_activation(name: str) -> nn.Layer:
     """The outer (after the residual add) activation of a block; inner activations stay ReLU."""
     if name == "relu":

@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 import paddle
 
+
 # oneDNN 3.x C API constants (dnnl_types.h, dnnl_common_types.h).
 _F32, _TAG_ANY, _TAG_A, _TAG_ABCD, _ENGINE_CPU, _STREAM_IN_ORDER = 3, 1, 2, 5, 1, 1
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128

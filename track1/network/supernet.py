@@ -7,9 +7,11 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from track1.network.layers import DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act, make_activation
-from track1.network.resnet import BasicBlock, ResNet
+from track1.network.layers import (DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act,
+                                   make_activation)
+from track1.network.resnet import ResNet
 from track1.space import STEM_POOL, Block, CodeError, SearchSpace, Widths, block_plan, layer_sequence
+
 
 # The supernet and the static network use the same parameter names (stem_conv, stages.S.B.conv1,
 # ...), so exporting a subnet is a leading slice of every same-named tensor.
@@ -48,22 +50,17 @@ class SuperNet(nn.Layer):
     `fuse_bn` runs each conv + BN (+ ReLU) of a fast-conv training step as one node
     (track1.network.layers.conv_bn_act: the conv layers' forward hooks then do not fire)."""
 
-    def __init__(self, space: SearchSpace, act: str = "relu", zero_init_residual: bool = False,
-                 conv: str = "stock", fuse_bn: bool = False):
+    def __init__(self, space: SearchSpace, act: str = "relu", conv: str = "stock", fuse_bn: bool = False):
         super().__init__()
         self.space, self.act_name, self.conv, self.fuse_bn = space, act, conv, fuse_bn
         self.max_widths = space.max_widths
         w = self.max_widths
         self.stem_conv = DynamicConv2D(space.in_channels, w.stem, 7, 2, 3, conv)
         self.stem_bn = DynamicBatchNorm2D(w.stem)
-        self.stages = nn.LayerList()
-        for stage, pairs in enumerate(w.blocks):
-            self.stages.append(nn.LayerList())
+        self.stages = nn.LayerList([nn.LayerList() for _ in w.blocks])
         for b in block_plan(w):  # the largest subnet is official: projections where it has them
             self.stages[b.stage].append(DynamicBlock(b, act, conv, fuse_bn))
         self.fc = DynamicLinear(w.out_channels, space.num_classes)
-        if zero_init_residual:
-            zero_residual_branches(self)
 
     def forward(self, x: paddle.Tensor, widths: Widths | Sequence[Widths]):
         """Logits of one subnet, or a list of logits for a list of subnets on the same input.
@@ -107,11 +104,3 @@ class SuperNet(nn.Layer):
             state[name] = source[slices] if slices else source
         net.set_state_dict(state)
         return net
-
-
-def zero_residual_branches(net: nn.Layer) -> None:
-    """Zero the last BN scale of every block, so each block starts as its shortcut: deep
-    networks then train from the first step like shallow ones (Goyal et al., BigNAS)."""
-    for layer in net.sublayers():
-        if isinstance(layer, (DynamicBlock, BasicBlock)):
-            layer.bn2.weight.set_value(paddle.zeros_like(layer.bn2.weight))

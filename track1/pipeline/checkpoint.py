@@ -7,13 +7,16 @@ import shutil
 from pathlib import Path
 
 import paddle
+import yaml
 
 from track1.errors import UserError
 from track1.files import write_json
+from track1.pipeline.config import config_hash, differences, dump, training_keys
+
 
 # A checkpoint is a directory <run>/checkpoints/<tag>/ holding model.pdparams (the supernet
-# weights, loadable on their own), train.pdopt (optimizer, LR scheduler, training extras) and
-# meta.json. It is written under a temporary name and renamed, and only then does `latest.json`
+# weights, loadable on their own), train.pdopt (optimizer, LR scheduler, training extras),
+# meta.json and config.yaml (the resolved config). It is written under a temporary name and renamed, and only then does `latest.json`
 # point at it, so a crash at any moment leaves the previous checkpoint intact and in use.
 
 
@@ -30,7 +33,9 @@ def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save(run_dir: Path, tag: str, model: paddle.nn.Layer, state: dict, meta: dict) -> Path:
+def save(run_dir: Path, tag: str, model: paddle.nn.Layer, state: dict, meta: dict, cfg: dict) -> Path:
+    """The checkpoint `tag` of a run: weights, training state, meta (with the config's hash) and the
+    resolved config it was trained with (config.yaml)."""
     root = checkpoint_root(run_dir)
     final = root / tag
     tmp = root / f".{tag}.tmp"
@@ -38,7 +43,8 @@ def save(run_dir: Path, tag: str, model: paddle.nn.Layer, state: dict, meta: dic
     tmp.mkdir(parents=True)
     paddle.save(model.state_dict(), str(tmp / "model.pdparams"))
     paddle.save(state, str(tmp / "train.pdopt"))
-    meta = {"format": FORMAT, **meta}
+    (tmp / "config.yaml").write_text(dump(cfg), encoding="utf-8")
+    meta = {"format": FORMAT, "config_hash": config_hash(cfg), **meta}
     write_json(tmp / "meta.json", meta, indent=1)
     if final.exists():
         shutil.rmtree(final)
@@ -80,18 +86,18 @@ def _load(file: Path) -> dict:
     return data
 
 
-def load_weights(path: Path, model: paddle.nn.Layer, expect_hash: str | None = None) -> dict:
-    """Load model.pdparams into model; returns the meta. Refuses another config's checkpoint."""
+def load_weights(path: Path, model: paddle.nn.Layer, cfg: dict | None = None) -> dict:
+    """Load model.pdparams into model; returns the meta. With cfg, a checkpoint trained with another
+    config (what changes the weights: config.training_keys) is refused, naming the keys that differ."""
     path = Path(path)
     meta = read_meta(path)
     if meta.get("format", 1) != FORMAT:
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format', 1)}, this version reads {FORMAT} (the "
             f"supernet of the official tied sub-space); train it again")
-    if expect_hash is not None and meta.get("config_hash") != expect_hash:
-        raise CheckpointError(
-            f"{path}: written by a different config (hash {meta.get('config_hash')}, this config "
-            f"{expect_hash}); use another run.name or the config it was trained with")
+    if cfg is not None and meta.get("config_hash") != config_hash(cfg):
+        raise CheckpointError(f"{path}: written by another config ({_config_change(path, meta, cfg)}); "
+                              f"use the config it was trained with, or another run.name")
     weights = _load(path / "model.pdparams")
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
@@ -103,6 +109,15 @@ def load_weights(path: Path, model: paddle.nn.Layer, expect_hash: str | None = N
                               f"{len(bad)} of another shape)")
     model.set_state_dict(weights)
     return meta
+
+
+def _config_change(path: Path, meta: dict, cfg: dict) -> str:
+    """What differs between the checkpoint's config.yaml and cfg, as 'key: saved -> current'."""
+    saved = path / "config.yaml"
+    if not saved.exists():  # written before checkpoints kept their config
+        return f"hash {meta.get('config_hash')}, this config {config_hash(cfg)}"
+    changes = differences(training_keys(yaml.safe_load(saved.read_text(encoding="utf-8"))), training_keys(cfg))
+    return "; ".join(changes) if changes else f"hash {meta.get('config_hash')}, this config {config_hash(cfg)}"
 
 
 def load_state(path: Path) -> dict:

@@ -1,21 +1,32 @@
-"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, unknown or mistyped keys rejected."""
+"""YAML configs: `_base_` inheritance, dotted `-o key=value` overrides, the schema every value is checked
+against at load, and the fingerprints of what changes a result."""
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from track1.errors import ConfigError
+from track1.files import digest
+
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
-# Keys that change how a run is logged or stored but not the weights it produces.
-_NOT_HASHED = {"run.name", "run.output_dir", "run.threads", "train.log_every",
-               "train.save_every_steps", "train.max_steps", "train.visualdl", "score", "submit",
-               "data.num_workers", "data.shared_memory", "train.eval_images", "train.eval_subnets", "standalone", "monitor"}
+
+# Keys that change how a run is logged, stored or scheduled, or how fast it goes, never its numbers.
+# Every fingerprint (the training config's, the score settings', the stand-alone recipe's) leaves
+# them out.
+NOT_RESULT_KEYS = {"run.name", "run.output_dir", "run.threads", "run.device", "data.num_workers",
+                   "data.shared_memory", "train.log_every", "train.save_every_steps", "train.max_steps",
+                   "train.visualdl", "train.eval_images", "train.eval_subnets", "score.chunk_images",
+                   "standalone.log_every", "standalone.visualdl"}
+# Sections the training fingerprint leaves out: how a trained supernet is scored, submitted and
+# checked, and the stand-alone ground truth, never change the weights.
+NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor"}
+# Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
+# value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
+NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -107,8 +118,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """The default config, updated by the file at path (and its bases), then by the overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                checked: bool = True) -> dict:
+    """The default config, updated by the file at path (and its bases), then by the overrides, and
+    checked against the schema (checked=False: types only, for a quick look such as run.sh's)."""
     cfg = _load_file(Path(path) if path else DEFAULT_CONFIG)
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -119,7 +132,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for k in reversed(keys):
             nested = {k: nested}
         _merge(cfg, nested, f"override '{text}'")
-    return cfg
+    return check(cfg) if checked else cfg
 
 
 def _lookup(cfg: dict, keys: list[str]) -> Any:
@@ -143,16 +156,135 @@ def set_value(cfg: dict, dotted: str, value: Any) -> dict:
     return out
 
 
-def _strip(cfg: dict, prefix: str = "") -> dict:
-    return {k: (_strip(v, f"{prefix}{k}.") if isinstance(v, dict) else v)
-            for k, v in cfg.items() if f"{prefix}{k}" not in _NOT_HASHED}
+def _result_keys(cfg: dict, prefix: str = "", skip: frozenset = frozenset()) -> dict:
+    """cfg without the keys that change no result: NOT_RESULT_KEYS, `skip`, and NEUTRAL keys at
+    their neutral value (prefix: the dotted name of cfg inside the whole config)."""
+    out = {}
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        if name in NOT_RESULT_KEYS or name in skip or NEUTRAL.get(name, ...) == v:
+            continue
+        out[k] = _result_keys(v, name + ".", skip) if isinstance(v, dict) else v
+    return out
+
+
+def training_keys(cfg: dict) -> dict:
+    """What determines the trained weights: the config without the scoring, submission, checking
+    and stand-alone sections and without the keys that change no result."""
+    return _result_keys({k: v for k, v in cfg.items() if k not in NOT_TRAINING_SECTIONS})
 
 
 def config_hash(cfg: dict) -> str:
     """Fingerprint of what determines the trained weights; a checkpoint must match it to resume."""
-    text = json.dumps(_strip(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(training_keys(cfg), 16)
+
+
+def section_keys(cfg: dict, section: str, skip: set[str] = frozenset()) -> dict:
+    """One section's keys that change a result, less `skip` (dotted names)."""
+    return _result_keys(cfg[section], section + ".", frozenset(skip))
+
+
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'key: saved -> current' for every leaf that differs between two key dicts (a key missing on
+    one side compares as its NEUTRAL value, else as absent)."""
+    out = []
+    for k in sorted(set(saved) | set(current)):
+        name = f"{prefix}{k}"
+        a, b = saved.get(k, NEUTRAL.get(name, "(absent)")), current.get(k, NEUTRAL.get(name, "(absent)"))
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
 
 
 def run_dir(cfg: dict) -> Path:
     return Path(cfg["run"]["output_dir"]) / cfg["run"]["name"]
+
+
+def dump(cfg: dict) -> str:
+    """The resolved config as YAML (what a checkpoint keeps as config.yaml)."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+
+
+# -- the schema: choices and ranges, checked when a config is loaded --------------------------------
+
+def _schema() -> dict[str, tuple]:
+    """key -> ("one of", choices) | (">=", bound) | (">", bound) | ("in", low, high), for every key
+    with a fixed set of values or a range. The choices are the modules' own, imported here (not at
+    module level) so that reading a config stays light where no check is wanted."""
+    from track1.data.sources import ARRAY_DATA, IMAGE_DATA
+    from track1.methods import board, matcher
+    from track1.methods.losses import RANK_LOSSES, RANK_SCHEDULES
+    from track1.methods.sampling import DISTANCES, PAIR_MODES, SAMPLERS
+    from track1.network import precision
+    from track1.network.conv import MODES as CONV_MODES
+    from track1.network.layers import ACTIVATIONS
+    from track1.pipeline import runtime
+    from track1.pipeline.optim import OPTIMIZERS
+    from track1.ranking.proxy_runs import INPUTS
+    one_of = lambda *c: ("one of", tuple(c[0]) if len(c) == 1 else c)  # noqa: E731
+    at_least = lambda n: (">=", n)  # noqa: E731
+    schema = {
+        "run.device": one_of(runtime.DEVICES), "run.threads": at_least(0),
+        "space.width_mult": (">", 0), "space.resolution": at_least(8), "space.num_classes": at_least(2),
+        "space.act": one_of(ACTIVATIONS),
+        "data.name": one_of(ARRAY_DATA + IMAGE_DATA), "data.train_size": at_least(0),
+        "data.val_size": at_least(0), "data.batch_size": at_least(1), "data.num_workers": at_least(0),
+        "train.epochs": at_least(1), "train.max_steps": at_least(0), "train.sampler": one_of(SAMPLERS),
+        "train.num_random": at_least(0), "train.conv": one_of(CONV_MODES),
+        "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
+        "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
+        "train.label_smoothing": ("in", 0, 1), "train.grad_clip": at_least(0), "train.log_every": at_least(1),
+        "train.save_every_steps": at_least(1), "train.eval_images": at_least(0),
+        "train.eval_subnets": at_least(0), "train.amp": one_of(precision.MODES),
+        "train.ranking.loss": one_of(RANK_LOSSES), "train.ranking.margin": at_least(0),
+        "train.ranking.margin_per_distance": at_least(0), "train.ranking.pair_mode": one_of(PAIR_MODES),
+        "train.ranking.pairs": at_least(1), "train.ranking.reduce": one_of("mean", "sum"),
+        "train.ranking.distance": one_of(DISTANCES), "train.ranking.threshold": at_least(0),
+        "train.ranking.max_tries": at_least(1), "train.ranking.schedule": one_of(RANK_SCHEDULES),
+        "train.ranking.cap": at_least(0), "train.ranking.ramp": at_least(0),
+        "train.cream.board_size": at_least(1), "train.cream.board_rule": one_of(board.BOARD_RULES),
+        "train.cream.gap": at_least(0), "train.cream.warmup": ("in", 0, 1),
+        "train.cream.store_images": at_least(1), "train.cream.store_outputs": one_of("own", "teacher"),
+        "train.cream.pick": one_of(matcher.PICK_MODES), "train.cream.top1_rho": ("in", 0, 2),
+        "train.cream.meta_interval": ("in", 1e-9, 1), "train.cream.meta_order": one_of("after", "before"),
+        "train.cream.meta_lookahead": one_of(matcher.LOOKAHEADS), "train.cream.meta_batch": at_least(0),
+        "train.cream.meta_features": one_of(matcher.FEATURES), "train.cream.meta_hidden": at_least(0),
+        "train.cream.meta_init": one_of(matcher.INITS), "train.cream.meta_optimizer": one_of(matcher.OPTIMIZERS),
+        "train.cream.meta_lr": at_least(0), "train.cream.meta_momentum": ("in", 0, 1),
+        "train.cream.meta_decay": one_of("constant", "linear"), "train.cream.meta_clip": at_least(0),
+        "score.demo_size": at_least(1), "score.mode": one_of("tree", "per_code"),
+        "score.calib_images": at_least(1), "score.calib_batch": at_least(1), "score.val_images": at_least(0),
+        "score.eval_batch": at_least(1), "score.chunk_images": at_least(1),
+        "submit.tie_break": one_of("loss", "none"),
+        "monitor.every_epochs": at_least(0), "monitor.num_codes": at_least(2),
+        "monitor.calib_images": at_least(1), "monitor.val_images": at_least(0),
+        "proxies.batch_size": at_least(2), "proxies.resolution": at_least(0), "proxies.repeats": at_least(1),
+        "proxies.input": one_of(INPUTS), "proxies.reference_size": at_least(2),
+        "standalone.epochs": (">", 0), "standalone.lr": at_least(0), "standalone.momentum": ("in", 0, 1),
+        "standalone.weight_decay": at_least(0), "standalone.warmup_epochs": at_least(0),
+        "standalone.label_smoothing": ("in", 0, 1), "standalone.grad_clip": at_least(0),
+        "standalone.batch_size": at_least(1), "standalone.train_size": at_least(0),
+        "standalone.val_images": at_least(0), "standalone.num_codes": at_least(0),
+        "standalone.log_every": at_least(1), "standalone.optimizer": one_of(OPTIMIZERS),
+        "standalone.min_lr": at_least(0),
+    }
+    return schema
+
+
+def check(cfg: dict) -> dict:
+    """cfg, or a one-line ConfigError naming the first key whose value is not among its choices or
+    outside its range (the schema above)."""
+    for name, rule in _schema().items():
+        value = _lookup(cfg, name.split("."))
+        kind = rule[0]
+        if kind == "one of" and value not in rule[1]:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, rule[1]))}")
+        if kind == ">=" and value < rule[1]:
+            raise ConfigError(f"{name}: must be at least {rule[1]}, got {value!r}")
+        if kind == ">" and value <= rule[1]:
+            raise ConfigError(f"{name}: must be above {rule[1]}, got {value!r}")
+        if kind == "in" and not rule[1] <= value <= rule[2]:
+            raise ConfigError(f"{name}: must be in [{rule[1]}, {rule[2]}], got {value!r}")
+    return cfg

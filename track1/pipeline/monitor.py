@@ -25,12 +25,13 @@ import paddle
 
 from track1.data import calibration_batches, validation_batches
 from track1.files import write_json
-from track1.ranking.metrics import load_scores, rank_metrics
-from track1.ranking.evaluate import kept_bn_statistics
-from track1.ranking.scoring import score_list, shard_keys
-from track1.space import SearchSpace
-from track1.ranking.submission import check_official, demo_arch_list, load_arch_list
 from track1.network.supernet import SuperNet
+from track1.ranking.evaluate import kept_bn_statistics
+from track1.ranking.metrics import load_scores, rank_metrics
+from track1.ranking.scoring import score_list, shard_keys
+from track1.ranking.submission import check_official, demo_arch_list, load_arch_list
+from track1.space import SearchSpace
+
 
 LOG_NOTE = "monitoring only: not a loss, no gradient"
 

@@ -19,9 +19,7 @@ nothing on the training path reads them. Its results may only be used to *measur
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import math
 import os
 import time
@@ -29,23 +27,26 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import paddle
-import paddle.nn.functional as F
 from scipy import stats
 from tqdm import tqdm
 
-from track1.errors import UserError
 from track1.data import TrainData, validation_set
-from track1.files import append_jsonl, read_jsonl, repair_jsonl, write_json
+from track1.errors import UserError
+from track1.files import append_jsonl, digest, read_jsonl, repair_jsonl, write_json
 from track1.methods.losses import label_loss
+from track1.network.build import build_resnet
+from track1.network.resnet import ResNet
+from track1.pipeline.config import section_keys
+from track1.pipeline.optim import build_optimizer
+from track1.ranking.evaluate import evaluate_batches
 from track1.space import SearchSpace, Widths
-from track1.network.resnet import BasicBlock, ResNet
-from track1.pipeline.train import build_space, conv_mode, lr_factor
 
-# Keys of the standalone section that do not change a result (left out of the recipe hash).
-_NOT_RECIPE = {"seeds", "num_codes", "log_every", "visualdl"}
-# data keys the standalone recipe replaces or that do not change a result.
-_NOT_RECIPE_DATA = {"root", "num_workers", "shared_memory", "batch_size", "train_size"}
+
+# Keys of the standalone section that choose which networks are trained, not a result; and the data
+# keys the stand-alone recipe replaces (batch size, training images) or that do not change a
+# result (where the files are). config.NOT_RESULT_KEYS are left out too.
+_NOT_RECIPE = {"standalone.seeds", "standalone.num_codes"}
+_NOT_RECIPE_DATA = {"data.root", "data.batch_size", "data.train_size"}
 EVAL_BATCH = 500  # evaluation batch size (BN is in eval mode: it does not change the result)
 MAX_SPLITS = 64   # ceiling(): half-splits enumerated exactly up to this many, sampled beyond
 
@@ -59,70 +60,27 @@ def data_config(cfg: dict, seed: int) -> dict:
     """A copy of cfg whose data.batch_size / data.train_size / run.seed are the stand-alone ones."""
     st = cfg["standalone"]
     out = copy.deepcopy(cfg)
-    out["data"]["batch_size"] = int(st["batch_size"])
-    out["data"]["train_size"] = int(st["train_size"])
-    out["run"]["seed"] = int(seed)
+    out["data"]["batch_size"] = st["batch_size"]
+    out["data"]["train_size"] = st["train_size"]
+    out["run"]["seed"] = seed
     return out
 
 
 def recipe_hash(cfg: dict) -> str:
     """Fingerprint of everything that determines a stand-alone result except (code, seed)."""
-    recipe = {
-        "standalone": {k: v for k, v in cfg["standalone"].items() if k not in _NOT_RECIPE},
-        "space": cfg["space"],
-        "data": {k: v for k, v in cfg["data"].items() if k not in _NOT_RECIPE_DATA},
-    }
+    recipe = {"standalone": section_keys(cfg, "standalone", _NOT_RECIPE), "space": cfg["space"],
+              "data": section_keys(cfg, "data", _NOT_RECIPE_DATA)}
     if cfg["train"]["conv"] != "stock":
         # Float rounding differs; stock stays out so results logged before the key existed resume.
         recipe["conv"] = cfg["train"]["conv"]
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    return digest(recipe, 8)
 
 
 # -- one network ----------------------------------------------------------------------------------
 def build_network(cfg: dict, code: str, seed: int) -> tuple[SearchSpace, ResNet]:
     """The plain network of code, initialised from seed (fresh parameter names every call)."""
-    space = build_space(cfg)
-    paddle.seed(int(seed))
-    with paddle.utils.unique_name.guard():
-        net = ResNet(space.widths(code), space, cfg["space"]["act"], conv_mode(cfg), fuse_bn=True)
-    if cfg["standalone"]["zero_init_residual"]:
-        # Each block starts as its shortcut (Goyal et al. 2017): stable for the deepest networks.
-        for layer in net.sublayers():
-            if isinstance(layer, BasicBlock):
-                layer.bn2.weight.set_value(paddle.zeros_like(layer.bn2.weight))
-    return space, net
-
-
-def build_optimizer(cfg: dict, net: ResNet, total_steps: int, steps_per_epoch: int):
-    st = cfg["standalone"]
-    warmup = int(round(float(st["warmup_epochs"]) * steps_per_epoch))
-    scheduler = paddle.optimizer.lr.LambdaDecay(
-        float(st["lr"]), lambda s: lr_factor(s, warmup, total_steps, 0.0))  # warm-up, cosine to 0
-    wd = float(st["weight_decay"])
-    if st["no_decay_bn_bias"]:
-        # 1-D parameters are BN scales/shifts, biases and PReLU slopes.
-        params = [{"params": [p for p in net.parameters() if len(p.shape) > 1], "weight_decay": wd},
-                  {"params": [p for p in net.parameters() if len(p.shape) <= 1], "weight_decay": 0.0}]
-    else:
-        params = [{"params": net.parameters(), "weight_decay": wd}]
-    clip = paddle.nn.ClipGradByValue(float(st["grad_clip"])) if st["grad_clip"] else None
-    opt = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=float(st["momentum"]),
-                                    parameters=params, use_nesterov=bool(st["nesterov"]),
-                                    grad_clip=clip)
-    return opt, scheduler
-
-
-@paddle.no_grad()
-def evaluate(net: ResNet, batches: Iterable) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) over the batches, BN in eval mode."""
-    net.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for x, y in batches:
-        logits = net(x)
-        correct += int((logits.argmax(axis=1) == y).astype("int64").sum().item())
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        n += int(y.shape[0])
-    return correct / n, loss_sum / n
+    space = SearchSpace.from_config(cfg)
+    return space, build_resnet(cfg, space.widths(code), seed, cfg["standalone"]["zero_init_residual"])
 
 
 def fit(cfg: dict, net: ResNet, seed: int, log_dir: str | os.PathLike | None = None,
@@ -137,10 +95,9 @@ def fit(cfg: dict, net: ResNet, seed: int, log_dir: str | os.PathLike | None = N
     dcfg = data_config(cfg, seed)
     data = TrainData(dcfg)
     spe = data.steps_per_epoch
-    total = max(1, int(round(float(st["epochs"]) * spe)))
-    opt, scheduler = build_optimizer(cfg, net, total, spe)
-    smoothing = float(st["label_smoothing"])
-    log_every = max(1, int(st["log_every"]))
+    total = max(1, int(round(st["epochs"] * spe)))
+    opt, scheduler = build_optimizer(st, net, total, spe)
+    smoothing, log_every = st["label_smoothing"], st["log_every"]
     writer = None
     if log_dir is not None and st["visualdl"]:
         from visualdl import LogWriter
@@ -171,7 +128,8 @@ def fit(cfg: dict, net: ResNet, seed: int, log_dir: str | os.PathLike | None = N
                     break
             if step >= total:
                 break
-        acc, val_loss = evaluate(net, validation_set(dcfg, int(st["val_images"]), EVAL_BATCH))
+        net.eval()
+        acc, val_loss = evaluate_batches(net, validation_set(dcfg, st["val_images"], EVAL_BATCH))
         if writer is not None:
             writer.add_scalar("val/top1", acc, step)
             writer.add_scalar("val/loss", val_loss, step)
@@ -256,7 +214,7 @@ def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
         raise StandaloneError("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise StandaloneError(f"seeds {seeds} repeat a seed")
-    space = build_space(cfg)
+    space = SearchSpace.from_config(cfg)
     recipe = recipe_hash(cfg)
     repair_jsonl(out_path)
     done: dict[tuple[str, int], dict] = {}

@@ -24,6 +24,7 @@ from track1.errors import UserError
 from track1.files import atomic_write
 from track1.ranking.submission import SubmissionError, check_codes, count_phrase, read_json_object, some_keys
 
+
 MIN_CODES = 2  # fewest common codes a correlation is defined on
 
 

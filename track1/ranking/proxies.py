@@ -17,9 +17,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from track1.network.resnet import ResNet
 from track1.ranking.double_backward import ce_double_backward, grasp_logits, remove_batchnorm
 from track1.space import SearchSpace, Widths
-from track1.network.resnet import ResNet
+
 
 Batch = Tuple[paddle.Tensor, paddle.Tensor]
 ProxyFn = Callable[[Widths, SearchSpace, Optional[Batch], int, str], float]

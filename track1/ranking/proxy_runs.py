@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
@@ -9,10 +10,11 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from track1.errors import ConfigError
-from track1.files import append_jsonl, resume_log
+from track1.files import append_jsonl, resume_log, write_json
+from track1.ranking.ensemble import ensemble_scores, parse_teacher, reference_codes, teacher_label
 from track1.ranking.proxies import NEEDS_DATA, PROXIES, Batch, compute
 from track1.space import SearchSpace, Widths
+
 
 INPUTS = ("data", "gaussian")
 # Proxies that read nothing of the batch, not even its shape (synflow and zen read the shape).
@@ -20,20 +22,10 @@ SHAPE_FREE = frozenset({"flops", "params"})
 
 
 def proxy_settings(cfg: Mapping) -> dict:
-    """cfg["proxies"] resolved: resolution 0 -> space.resolution; ConfigError on bad values."""
+    """cfg["proxies"] resolved: resolution 0 -> space.resolution."""
     p = cfg["proxies"]
-    resolution = int(p["resolution"]) or int(cfg["space"]["resolution"])
-    settings = {"batch_size": int(p["batch_size"]), "resolution": resolution, "seed": int(p["seed"]),
-                "repeats": int(p["repeats"]), "input": str(p["input"])}
-    if settings["batch_size"] < 2:
-        raise ConfigError("proxies.batch_size must be >= 2 (jacob_cov and naswot compare samples)")
-    if settings["repeats"] < 1:
-        raise ConfigError("proxies.repeats must be >= 1")
-    if resolution < 1:
-        raise ConfigError("proxies.resolution must be >= 0 (0 = space.resolution)")
-    if settings["input"] not in INPUTS:
-        raise ConfigError(f"proxies.input must be one of {', '.join(INPUTS)}, got {settings['input']!r}")
-    return settings
+    return {"batch_size": p["batch_size"], "resolution": p["resolution"] or cfg["space"]["resolution"],
+            "seed": p["seed"], "repeats": p["repeats"], "input": p["input"]}
 
 
 def input_kind(cfg: Mapping, name: str) -> str:
@@ -138,3 +130,40 @@ def to_official_json(records: Mapping[str, dict], codes: Mapping[str, str]) -> d
     return out
 
 
+def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, folder: Path) -> Path:
+    """The `proxies` command: a proxy's (or an ensemble's, track1.ranking.ensemble) scores of every
+    code, in the official shape, at <folder>/<list>@<label>[@<res>px].json with a .meta.json beside
+    it; each member's log resumes, and an ensemble's members are z-scored over the reference sample."""
+    space = SearchSpace.from_config(cfg)
+    weights = parse_teacher(spec)
+    s = proxy_settings(cfg)
+    # A cheaper proxy resolution gets files of its own, so both can be kept and compared.
+    tag = "" if s["resolution"] == space.resolution else f"@{s['resolution']}px"
+    batch = input_batch(cfg, weights)
+
+    def run(member: str, keyed: Mapping[str, str], name: str) -> dict[str, dict]:
+        return score_list(member, keyed, space, batch, folder / f"{name}@{member}{tag}.jsonl",
+                          seed=s["seed"], repeats=s["repeats"], act=cfg["space"]["act"],
+                          setting=run_setting(cfg, member))
+
+    members = {m: run(m, codes, list_name) for m in weights}
+    label = teacher_label(weights)
+    meta = {"list": list_name, "codes": len(codes), "teacher": weights, "proxies": s,
+            "input": {m: input_kind(cfg, m) for m in weights}, "act": cfg["space"]["act"],
+            "space": {k: cfg["space"][k] for k in ("width_mult", "resolution", "num_classes")}}
+    if len(weights) == 1:
+        records = members[label]
+    else:  # members z-scored over the fixed reference sample
+        ref = reference_codes(cfg, space)
+        ref_name = f"reference{len(ref)}s{cfg['proxies']['reference_seed']}"
+        scores, stats = ensemble_scores(
+            weights, {m: {k: r["score"] for k, r in members[m].items()} for m in weights},
+            {m: [r["score"] for r in run(m, ref, ref_name).values()] for m in weights})
+        records = {k: {"code": c, "score": scores[k], "seconds": sum(members[m][k]["seconds"] for m in weights)}
+                   for k, c in codes.items()}
+        meta["reference"] = {"size": len(ref), "seed": cfg["proxies"]["reference_seed"],
+                             "mean_std": {m: list(v) for m, v in stats.items()}}
+    final = folder / f"{list_name}@{label}{tag}.json"
+    write_json(final, to_official_json(records, codes))
+    write_json(final.with_name(final.stem + ".meta.json"), meta, indent=1)
+    return final

@@ -17,9 +17,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from track1.errors import UserError
 from track1 import files
+from track1.errors import UserError
 from track1.space import CodeError, SearchSpace, official_problem, parse
+
 
 MAX_NAMED_KEYS = 5  # how many offending keys a message names before it only counts the rest
 ENTRY_SHAPE = '{"acc": number, "arch": string}'

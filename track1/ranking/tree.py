@@ -33,6 +33,7 @@ from track1.ranking.evaluate import batch_sums, calibration_momentum
 from track1.ranking.trie import Node, build_trie, part_of
 from track1.space import Widths, layer_sequence
 
+
 # Subnets per trie: their nodes' BN statistics are held until the trie is done (about 5 KB a node
 # at width 1.0, some 10 nodes a subnet); the official list is 22 groups.
 GROUP = 2048

@@ -1,12 +1,12 @@
 """The search space: the official code (code), the networks it describes (geometry), their cost (cost),
 and the space at a width multiplier with the official list's distribution (search_space)."""
-from track1.space.code import (CODE_LENGTH, DEPTH_CHOICES, MAX_DEPTHS, OFFICIAL_CHOICES, RATIOS,
-                               RESOLUTIONS, STAGE_OFFSETS, Arch, CodeError, hamming, official_problem,
-                               parse, parse_official, tied)
-from track1.space.geometry import (BASE_WIDTHS, STAGE_STRIDES, STEM_BASE, STEM_CONV, STEM_POOL, Block,
-                                   Widths, block_plan, conv_out, layer_sequence, make_divisible,
-                                   needs_projection)
+from track1.space.code import (CODE_LENGTH, DEPTH_CHOICES, MAX_DEPTHS, OFFICIAL_CHOICES, RATIOS, RESOLUTIONS,
+                               STAGE_OFFSETS, Arch, CodeError, hamming, official_problem, parse,
+                               parse_official, tied)
+from track1.space.geometry import (BASE_WIDTHS, STAGE_STRIDES, STEM_BASE, STEM_CONV, STEM_POOL, Block, Widths,
+                                   block_plan, conv_out, layer_sequence, make_divisible, needs_projection)
 from track1.space.search_space import SearchSpace, unique_widths
+
 
 __all__ = ["CODE_LENGTH", "DEPTH_CHOICES", "MAX_DEPTHS", "OFFICIAL_CHOICES", "RATIOS", "RESOLUTIONS",
            "STAGE_OFFSETS", "Arch", "CodeError", "hamming", "official_problem", "parse", "parse_official",

@@ -5,6 +5,7 @@ import dataclasses
 
 from track1.errors import UserError
 
+
 CODE_LENGTH = 52
 MAX_DEPTHS = (5, 5, 8, 5)
 DEPTH_CHOICES = ((2, 3, 4, 5), (2, 3, 4, 5), (2, 3, 4, 5, 6, 7, 8), (2, 3, 4, 5))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+
 BASE_WIDTHS = (64, 128, 256, 512)
 STEM_BASE = 64
 STAGE_STRIDES = (1, 2, 2, 2)

@@ -25,6 +25,11 @@ class SearchSpace:
     num_classes: int = 1000
     in_channels: int = 3
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SearchSpace":
+        s = cfg["space"]
+        return cls(width_mult=s["width_mult"], resolution=s["resolution"], num_classes=s["num_classes"])
+
     def width(self, base: int, ratio_code: int) -> int:
         return max(1, int(round(make_divisible(base * RATIOS[ratio_code]) * self.width_mult)))
 

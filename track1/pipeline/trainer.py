@@ -1,0 +1,76 @@
+"""What a training step needs, built from a config (the supernet, its optimizer and LR schedule, mixed
+precision, the methods), and the step itself: what the training loop, the pre-flight and the
+benchmarks all run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import paddle
+
+from track1.methods.base import RunContext
+from track1.methods.registry import build_methods
+from track1.methods.sampling import uses_every_parameter
+from track1.methods.step import plan_subnets, train_step
+from track1.network.build import build_supernet
+from track1.network.precision import Precision
+from track1.pipeline.optim import build_optimizer
+
+
+class Trainer:
+    """The supernet and everything one optimizer step of cfg changes.
+
+    With world > 1 the forward runs through paddle.DataParallel, searching for unused parameters
+    only where a step can leave some unused (uses_every_parameter).
+    """
+
+    def __init__(self, cfg: dict, steps_per_epoch: int, world: int = 1, run_dir: Path | None = None):
+        t = self.t = cfg["train"]
+        self.cfg = cfg
+        self.space, self.model = build_supernet(cfg)
+        self.total_steps = steps_per_epoch * t["epochs"]
+        self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
+        self.precision = Precision(t["amp"])
+        self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
+        self.net = (paddle.DataParallel(self.model, find_unused_parameters=not uses_every_parameter(t["sampler"]))
+                    if world > 1 else self.model)
+
+    def subnets(self, step: int):
+        return plan_subnets(self.cfg, self.space, self.methods, step)
+
+    def step(self, x: paddle.Tensor, y: paddle.Tensor, step: int, read: bool = True) -> dict:
+        """One optimizer step on (x, y): scalars to log (tensors on the device unless read)."""
+        self.model.train()
+        subnets, lr = self.subnets(step), self.optimizer.get_lr()
+        scalars = {}
+        for m in self.methods:
+            scalars.update(m.before_forward(self.model, subnets, x, y, step, lr, self.optimizer))
+        scalars.update(train_step(self.net, self.space, subnets, x, y, self.methods, self.t["label_smoothing"],
+                                  self.precision, read))
+        self.precision.step(self.optimizer)
+        # None, not zero: a parameter this step's subnets did not use must not be updated by
+        # momentum or weight decay, and a resumed run (fresh None grads) must do the same.
+        self.optimizer.clear_grad(set_to_zero=False)
+        for m in self.methods:
+            scalars.update(m.after_step(self.model, subnets, x, y, step, lr, self.optimizer))
+        self.scheduler.step()
+        return scalars
+
+    def notes(self) -> list[str]:
+        return [line for m in self.methods for line in m.notes()]
+
+    def state_dict(self) -> dict:
+        """What a checkpoint's train.pdopt holds besides the weights."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "precision": self.precision.state_dict()}
+        for m in self.methods:
+            if m.state_dict() is not None:
+                state[m.name] = m.state_dict()
+        return state
+
+    def set_state_dict(self, state: dict) -> None:
+        self.optimizer.set_state_dict(state["optimizer"])
+        self.scheduler.set_state_dict(state["scheduler"])
+        self.precision.set_state_dict(state.get("precision", {}))
+        for m in self.methods:
+            if m.name in state:
+                m.set_state_dict(state[m.name])
