@@ -12,7 +12,7 @@ and at a cheaper resolution (--cheap), batch 16; the first --timing-codes codes 
 batch 64. Measurements go to a resumable JSONL log (--out); the report prints, per proxy: seconds
 per code, what that makes over the distinct networks of the 45k list and per RD-NAS pair member (one
 new network each), Kendall tau between the 224 px and the cheap ranking, and Kendall tau with FLOPs;
-the same for the ensembles (--ensemble), z-scored over the measured codes (track1/teacher.py).
+the same for the ensembles (--ensemble), z-scored over the measured codes (track1/ranking/ensemble.py).
 """
 from __future__ import annotations
 

@@ -9,6 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from track1.errors import UserError
+
+
+class ResultLogError(UserError, ValueError):
+    """A result log that belongs to another run or list, or is damaged beyond its last line."""
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -65,7 +71,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 return
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            raise ResultLogError(f"{path}: line {i + 1} is not valid JSON") from None
 
 
 def repair_jsonl(path: str | os.PathLike) -> None:
@@ -93,11 +99,11 @@ def resume_log(path: str | os.PathLike, codes: Mapping[str, str],
         if setting:
             found = {k: rec.get(k) for k in setting}
             if found != dict(setting):
-                raise ValueError(f"{path}: holds scores for {found}, not {dict(setting)}; "
+                raise ResultLogError(f"{path}: holds scores for {found}, not {dict(setting)}; "
                                  "use another output file")
         key = rec["key"]
         if key in codes and codes[key] != rec["code"]:
-            raise ValueError(f"{path}: key {key!r} was scored for code {rec['code']}, but the list "
+            raise ResultLogError(f"{path}: key {key!r} was scored for code {rec['code']}, but the list "
                              f"gives {codes[key]}; use another output file")
         done[key] = rec
     return done

@@ -143,6 +143,11 @@ def test_proxies_command_writes_official_shape_and_resumes(capsys, tmp_path):
     lines = log.read_text().splitlines()
     assert main(args) == 0  # a second run finds everything done and appends nothing
     assert log.read_text().splitlines() == lines
+    # The same files with another activation: the log is another run's, refused in one line.
+    capsys.readouterr()
+    assert main([*args, "-o", "space.act=mish"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "list@synflow.jsonl: holds scores for" in err[0] and "'act': 'relu'" in err[0]
 
 
 def test_evaluate_writes_metrics_and_refuses_other_codes(capsys, tmp_path):
@@ -231,3 +236,25 @@ def test_gpu_requirements_swap_only_the_paddle_wheel():
 def test_run_sh_rejects_an_unknown_device(tmp_path):
     r = _run_sh(tmp_path, "--setup", env_extra={"DEVICE": "tpu"})
     assert r.returncode == 2 and "DEVICE must be cpu, gpu or auto" in r.stderr
+
+
+def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
+    """configs/finetune.yaml end to end at tiny sizes: prepare, pretrain, train, score, submit."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"_base_: {REPO / 'configs' / 'finetune.yaml'}\n"
+                   f"run: {{name: ft, output_dir: {tmp_path / 'out'}, threads: 1}}\n"
+                   "space: {width_mult: 0.125}\n"
+                   "data: {train_size: 128, batch_size: 32}\n"
+                   "pretrain: {epochs: 1}\n"
+                   "train: {epochs: 1, eval_images: 100}\n"
+                   "score: {calib_images: 32, calib_batch: 32, val_images: 100, eval_batch: 100}\n"
+                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
+    arch = tmp_path / "list.json"
+    write_arch_list(arch, demo_arch_list(5, 3))
+    done = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pretrain: trained the full network" in done.stdout
+    assert (tmp_path / "out" / "ft" / "pretrained" / "resnet48.pdparams").exists()
+    assert (tmp_path / "submit" / "ft.json").exists()
+    for stage in ("prepare", "pretrain", "train", "score", "submit"):
+        assert (tmp_path / "out" / "ft" / "stages" / f"{stage}.done").exists()

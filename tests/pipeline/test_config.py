@@ -85,3 +85,75 @@ def test_a_teacher_may_be_a_name_a_list_or_a_mapping_in_any_order_of_overrides(t
     assert load_config(preset)["train"]["ranking"]["teacher"] == {"snip": 2, "zen": 1}
     assert load_config(preset, ["train.ranking.teacher=flops"])["train"]["ranking"]["teacher"] == "flops"
     assert load_config(None, ["train.ranking.teacher=[snip, zen]"])["train"]["ranking"]["teacher"] == ["snip", "zen"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.sampler=sandwhich", "train.sampler: 'sandwhich' is not one of sandwich, spos, random, largest"),
+    ("data.batch_size=0", "data.batch_size: must be at least 1, got 0"),
+    ("score.chunk_images=0", "score.chunk_images: must be at least 1, got 0"),
+    ("space.width_mult=0", "space.width_mult: must be above 0, got 0"),
+    ("train.momentum=1.5", r"train.momentum: must be in \[0, 1\], got 1.5"),
+    ("run.device=tpu", "run.device: 'tpu' is not one of auto, gpu, cpu"),
+    ("train.ranking.pair_mode=both", "train.ranking.pair_mode: 'both' is not one of partners, extra, free"),
+])
+def test_choices_and_ranges_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, [override], checked=False)  # the types alone are fine
+
+
+def test_cli_turns_a_bad_value_into_one_line_and_exit_2(capsys, tmp_path):
+    from track1.pipeline.cli import main
+    assert main(["train", "-o", "train.sampler=sandwhich", "-o", f"run.output_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: train.sampler: 'sandwhich' is not one of sandwich, spos, random, largest"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_key_with_choices_is_in_the_schema():
+    """A key whose default.yaml comment lists its choices ("a | b") is checked against them."""
+    from track1.pipeline.config import DEFAULT_CONFIG, _schema
+    schema, missing = _schema(), []
+    prefix: list[str] = []
+    for line in DEFAULT_CONFIG.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or ":" not in stripped:
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        key = stripped.split(":")[0]
+        prefix = prefix[:depth] + [key]
+        value, _, comment = stripped.split(":", 1)[1].partition("#")
+        if value.strip() and " | " in comment and ".".join(prefix) not in schema:
+            missing.append(".".join(prefix))
+    assert missing == []
+
+
+def test_a_key_added_with_its_neutral_value_keeps_every_fingerprint(monkeypatch):
+    """Adding a key whose default keeps the old behaviour invalidates no checkpoint: while it has
+    that value the fingerprints leave it out (config.NEUTRAL)."""
+    from track1.pipeline import config
+    cfg = load_config(None)
+    before = config_hash(cfg)
+    grown = set_value(cfg, "train", {**cfg["train"], "new_knob": 0.5})
+    assert config_hash(grown) != before  # an unknown key would count ...
+    monkeypatch.setitem(config.NEUTRAL, "train.new_knob", 0.5)
+    assert config_hash(grown) == before  # ... unless added at its neutral value
+    assert config_hash(set_value(grown, "train", {**grown["train"], "new_knob": 0.7})) != before
+
+
+def test_checkpoints_keep_their_config_and_a_refusal_names_what_differs(tmp_path):
+    import yaml
+
+    from track1.network.build import build_supernet
+    from track1.pipeline import checkpoint
+    from track1.pipeline.train import train
+    from conftest import tiny_config
+    cfg = tiny_config(tmp_path, "train.max_steps=2")
+    last = train(cfg, progress=False)
+    assert yaml.safe_load((last / "config.yaml").read_text()) == cfg
+    _, model = build_supernet(cfg)
+    other = tiny_config(tmp_path, "train.max_steps=2", "train.lr=0.3", "space.act=mish", "train.log_every=7")
+    with pytest.raises(checkpoint.CheckpointError, match=r"written by another config \(space.act: 'relu' -> "
+                                                         r"'mish'; train.lr: 0.2 -> 0.3\)"):
+        checkpoint.load_weights(last, model, other)  # log_every changes no weight: not named
+    checkpoint.load_weights(last, model, tiny_config(tmp_path, "train.log_every=7"))

@@ -236,14 +236,6 @@ def test_ceiling_separates_signal_from_seed_noise():
     assert standalone.ceiling(_records(flat))["signal_std"] < 0.003
 
 
-def test_training_path_does_not_import_standalone():
-    code = ("import sys, track1.pipeline.train, track1.pipeline.cli, track1.ranking.scoring; "
-            "print(sorted(m for m in sys.modules if m in ('track1.pipeline.standalone', 'track1.ranking.metrics')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_config_section():
     cfg = load_config()
     assert set(cfg["standalone"]) == set(SECTION)

@@ -137,7 +137,7 @@ def test_free_pairs_come_from_the_steps_own_random_subnets(tmp_path):
 def test_training_has_no_way_to_receive_ground_truth(capsys):
     """A competition rule made structural: `train` takes a config and nothing else, the only config
     key that names a ground-truth file is the monitoring one (left out of the config hash; that it
-    changes no weight is tests/test_monitor.py), and the training modules never import the modules
+    changes no weight is tests/pipeline/test_monitor.py), and the training modules never import the modules
     that produce or read ground truth."""
     import subprocess
     import sys
@@ -153,8 +153,9 @@ def test_training_has_no_way_to_receive_ground_truth(capsys):
             yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
     suspicious = [k for k in keys(load_config(None)) if any(w in k for w in ("truth", "ground", "gt_"))]
     assert suspicious == ["monitor.truth"] and "monitor" in NOT_TRAINING_SECTIONS
-    probe = ("import sys, track1.pipeline.train, track1.pipeline.cli; "
-             "print(sorted(m for m in sys.modules if m in ('track1.pipeline.standalone', 'track1.ranking.metrics', 'track1.pipeline.monitor')))")
+    probe = ("import sys, track1.pipeline.train, track1.pipeline.cli, track1.ranking.scoring; "
+             "print(sorted(m for m in sys.modules if m in ('track1.pipeline.standalone', 'track1.ranking.metrics', "
+             "'track1.pipeline.monitor')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

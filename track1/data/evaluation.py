@@ -104,6 +104,10 @@ class EvalImages:
     def __init__(self, eval_set: EvalSet):
         self._set = eval_set
 
+    @property
+    def n(self) -> int:
+        return self._set.n
+
     def __len__(self) -> int:
         return len(self._set)
 
@@ -137,3 +141,10 @@ def calibration_batches(cfg: dict) -> EvalImages:
     data.train_size), unaugmented, in fixed order, score.calib_batch a batch."""
     s = cfg["score"]
     return EvalSet(cfg, "train", s["calib_images"], s["calib_batch"], keep=True).images()
+
+
+def split_size(cfg: dict, split: str) -> int:
+    """The images a split ('train' or 'val') offers, within data.train_size / data.val_size."""
+    d = cfg["data"]
+    total = len(arrays(cfg, split)[1]) if d["name"] in ARRAY_DATA else len(image_samples(cfg, split))
+    return first_n(total, d[f"{split}_size"])

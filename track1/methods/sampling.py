@@ -16,7 +16,7 @@ from track1.space import MAX_DEPTHS, Arch, SearchSpace, hamming
 
 
 _SUBNETS, _PARTNERS, _EXTRA = 1, 2, 3  # stream ids, so pair draws never shift the sandwich draws
-SAMPLERS = ("sandwich", "spos")
+SAMPLERS = ("sandwich", "spos", "random", "largest")
 PAIR_MODES = ("partners", "extra", "free")
 DISTANCES = ("hamming", "group")
 
@@ -27,21 +27,27 @@ def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
 
 def step_subnets(space: SearchSpace, rule: str, num_random: int, seed: int,
                  step: int) -> list[tuple[str, Arch]]:
-    """(role, arch) pairs of one step. Roles: largest, smallest, random (sandwich); random (spos)."""
+    """(role, arch) pairs of one step. sandwich: largest, smallest and num_random random; spos: one
+    random; random: num_random random (the official baseline's two paths a step); largest: the
+    largest alone (the full network, the pretrain stage's)."""
     rng = step_rng(seed, step, _SUBNETS)
     if rule == "sandwich":
         return ([("largest", space.largest()), ("smallest", space.smallest())]
                 + [("random", space.sample(rng)) for _ in range(num_random)])
     if rule == "spos":
         return [("random", space.sample(rng))]
-    raise ValueError(f"unknown sampler {rule!r}: expected sandwich or spos")
+    if rule == "random":
+        return [("random", space.sample(rng)) for _ in range(num_random)]
+    if rule == "largest":
+        return [("largest", space.largest())]
+    raise ValueError(f"unknown sampler {rule!r}: expected one of {', '.join(SAMPLERS)}")
 
 
 def uses_every_parameter(rule: str) -> bool:
     """Whether every step's subnets use every supernet parameter: a sandwich step trains the largest
     subnet, which does; a SPOS path does not. paddle.DataParallel then needs no search for unused
     parameters (find_unused_parameters), which costs a graph walk and a device sync per backward."""
-    return rule == "sandwich"
+    return rule in ("sandwich", "largest")
 
 
 def group_distance(a: Arch, b: Arch, depth_weight: float = 2.0, width_weight: float = 0.5) -> float:

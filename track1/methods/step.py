@@ -2,9 +2,9 @@
 
 Every subnet comes from the sampler (sandwich: largest, smallest and random; SPOS: one random), a
 function of (seed, step), so every rank and a resumed run train the same subnets; the methods
-(track1.methods.base) add theirs. The first subnet learns from the labels; in the sandwich rule it
-is the largest and every other subnet distils from its detached softmax (in-place distillation),
-unless a method sets that subnet's loss. All subnets go through one forward call, so that
+(track1.methods.base) add theirs. In the sandwich rule the first subnet is the largest: it learns
+from the labels and every other subnet distils from its detached softmax (in-place distillation);
+with the other samplers every subnet learns from the labels. A method may set a subnet's loss. All subnets go through one forward call, so that
 paddle.DataParallel sees one forward per backward.
 """
 from __future__ import annotations
@@ -48,7 +48,8 @@ def train_step(model, space: SearchSpace, subnets: list[tuple[str, Arch]], x: pa
             continue
         if loss is None and soft_target is None:
             loss = label_loss(out, y, label_smoothing)
-            soft_target = F.softmax(out.detach(), axis=-1)
+            if role == "largest":  # the sandwich rule's teacher
+                soft_target = F.softmax(out.detach(), axis=-1)
         elif loss is None:
             loss = soft_cross_entropy(out, soft_target)
         total = total + loss

@@ -11,7 +11,7 @@ from track1.pipeline.config import check, load_config, run_dir
 
 
 # Commands that run networks: they take run.device (the others only read and write files).
-COMPUTES = {"train", "score", "proxies", "standalone", "preflight"}
+COMPUTES = {"pretrain", "train", "score", "proxies", "standalone", "preflight"}
 
 
 
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     command("prepare", "find, download or check the training data")
+    command("preflight", "check device, ranks, memory, data loading and /dev/shm at the config's sizes "
+                         "before a long run (exits 2 naming the first check that would fail)")
+    c = command("pretrain", "train the full network alone and write output/<run>/pretrained/resnet48.pdparams "
+                            "(when pretrain.enabled and no train.init_from)")
+    c.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
     c = command("train", "train the supernet (no ground truth is read: it takes none)")
     c.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     c = command("score", "score every code of an architecture list with the trained supernet")
@@ -71,6 +76,12 @@ def cmd_prepare(cfg: dict, args) -> None:
     prepare(cfg)
 
 
+def cmd_pretrain(cfg: dict, args) -> None:
+    from track1.pipeline.pretrain import pretrain
+    written, what = pretrain(cfg, resume=args.resume)
+    print(f"pretrain: {what}" + (f" -> {written}" if written else ""))
+
+
 def cmd_train(cfg: dict, args) -> None:
     from track1.pipeline.checkpoint import read_meta
     from track1.pipeline.train import train
@@ -92,6 +103,27 @@ def cmd_submit(cfg: dict, args) -> None:
     from track1.pipeline import runs
     path, n = runs.submit(cfg, args.arch_list, args.checkpoint, args.out)
     print(f"wrote {path} ({n} architectures)")
+
+
+def cmd_preflight(cfg: dict, args) -> None:
+    from track1.pipeline.preflight import PreflightError, first_failure, preflight, report
+    checks = preflight(cfg)
+    rank, world = paddle_rank_world()
+    failure = first_failure(checks)
+    if world > 1:  # every rank ran the checks; any rank's failure stops them all
+        failures: list = []
+        import paddle
+        paddle.distributed.all_gather_object(failures, failure)
+        failure = next((f"{f} (rank {r})" for r, f in enumerate(failures) if f), None)
+    if rank == 0:
+        print(report(checks))
+    if failure:
+        raise PreflightError(failure)
+
+
+def paddle_rank_world() -> tuple[int, int]:
+    import paddle
+    return paddle.distributed.get_rank(), paddle.distributed.get_world_size()
 
 
 def cmd_validate(cfg: dict, args) -> None:

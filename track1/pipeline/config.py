@@ -26,7 +26,10 @@ NOT_RESULT_KEYS = {"run.name", "run.output_dir", "run.threads", "run.device", "d
 NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor"}
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
-NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0}
+NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
+           "train.init_reorder": False}
+# Sections added after runs existed that a fingerprint leaves out whole while they are off.
+NEUTRAL_SECTIONS = {"train.distill", "pretrain"}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -164,6 +167,8 @@ def _result_keys(cfg: dict, prefix: str = "", skip: frozenset = frozenset()) -> 
         name = f"{prefix}{k}"
         if name in NOT_RESULT_KEYS or name in skip or NEUTRAL.get(name, ...) == v:
             continue
+        if name in NEUTRAL_SECTIONS and not v["enabled"]:
+            continue
         out[k] = _result_keys(v, name + ".", skip) if isinstance(v, dict) else v
     return out
 
@@ -268,7 +273,11 @@ def _schema() -> dict[str, tuple]:
         "standalone.batch_size": at_least(1), "standalone.train_size": at_least(0),
         "standalone.val_images": at_least(0), "standalone.num_codes": at_least(0),
         "standalone.log_every": at_least(1), "standalone.optimizer": one_of(OPTIMIZERS),
-        "standalone.min_lr": at_least(0),
+        "standalone.min_lr": at_least(0), "train.distill.weight": at_least(0),
+        "pretrain.epochs": at_least(1), "pretrain.max_steps": at_least(0), "pretrain.optimizer": one_of(OPTIMIZERS),
+        "pretrain.lr": at_least(0), "pretrain.min_lr": at_least(0), "pretrain.momentum": ("in", 0, 1),
+        "pretrain.weight_decay": at_least(0), "pretrain.warmup_epochs": at_least(0),
+        "pretrain.label_smoothing": ("in", 0, 1), "pretrain.grad_clip": at_least(0),
     }
     return schema
 

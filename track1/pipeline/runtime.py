@@ -113,3 +113,31 @@ def shared_memory_notes(cfg: dict, shm: str = "/dev/shm") -> list[str]:
     return [f"warning: {shm} has {free / 2 ** 20:.0f} MB free of {size / 2 ** 20:.0f} MB, the data loader workers "
             f"of {local_ranks()} process(es) need about {need / 2 ** 20:.0f} MB: run the container with "
             f"--shm-size={gb}g or --ipc=host, or set -o data.shared_memory=false"]
+
+
+class PeakMemory:
+    """`with PeakMemory() as peak: ...`, then peak.bytes: the peak memory of the block on the device
+    in use, the GPU allocator's peak, or on the CPU the process's peak resident set (VmHWM, reset
+    at the start through /proc/self/clear_refs; without that reset, the process's peak so far)."""
+
+    def __enter__(self) -> "PeakMemory":
+        paddle = import_paddle()
+        self.gpu = paddle.device.get_device().startswith("gpu")
+        if self.gpu:
+            paddle.device.cuda.reset_max_memory_allocated()
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        self.bytes = 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        paddle = import_paddle()
+        if self.gpu:
+            self.bytes = paddle.device.cuda.max_memory_allocated()
+            return
+        with open("/proc/self/status") as f:
+            self.bytes = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))

@@ -179,7 +179,7 @@ def spread_codes(codes: Mapping[str, str], space: SearchSpace, n: int) -> dict[s
 def results_json_path(out_path: str | os.PathLike) -> Path:
     out_path = Path(out_path)
     if out_path.suffix == ".json":
-        raise ValueError(f"{out_path}: the results log must not end in .json (the summary goes there)")
+        raise StandaloneError(f"{out_path}: the results log must not end in .json (the summary goes there)")
     return out_path.with_suffix(".json")
 
 

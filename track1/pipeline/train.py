@@ -45,6 +45,8 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path | None:
     step, seconds_before = resume_from(cfg, out, trainer, world, spe, resume, main, stop_at)
     if step >= stop_at:
         return checkpoint.latest(out)
+    if step == 0:
+        trainer.start()
     started = time.perf_counter()
 
     def save(tag: str, health_top1: dict | None = None) -> Path | None:

@@ -12,6 +12,7 @@ from track1.methods.registry import build_methods
 from track1.methods.sampling import uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
 from track1.network.build import build_supernet
+from track1.network.pretrained import init_path, load_full_network
 from track1.network.precision import Precision
 from track1.pipeline.optim import build_optimizer
 
@@ -25,7 +26,7 @@ class Trainer:
 
     def __init__(self, cfg: dict, steps_per_epoch: int, world: int = 1, run_dir: Path | None = None):
         t = self.t = cfg["train"]
-        self.cfg = cfg
+        self.cfg, self.run_dir = cfg, run_dir
         self.space, self.model = build_supernet(cfg)
         self.total_steps = steps_per_epoch * t["epochs"]
         self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
@@ -33,6 +34,15 @@ class Trainer:
         self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
         self.net = (paddle.DataParallel(self.model, find_unused_parameters=not uses_every_parameter(t["sampler"]))
                     if world > 1 else self.model)
+
+    def start(self) -> None:
+        """A fresh run begins: the supernet from train.init_from (or the pretrain stage's file), its
+        mid channels reordered if asked, and each method's own start (a frozen teacher's weights)."""
+        path = init_path(self.cfg, self.run_dir) if self.run_dir is not None else self.cfg["train"]["init_from"]
+        if path:
+            load_full_network(self.model, path, self.t["init_reorder"])
+        for m in self.methods:
+            m.start()
 
     def subnets(self, step: int):
         return plan_subnets(self.cfg, self.space, self.methods, step)

@@ -1,9 +1,9 @@
 """Paddle 3.3.1 double-backward workarounds for grasp: the ResNet forward from twice-differentiable ops.
 
 Paddle (CPU) has no second-order kernel for mean_all (F.cross_entropy's mean), log_softmax, flatten,
-max pool, strided slices, max-reduction, PReLU or Mish, and batch_norm's is ~200x slower than the
+max pool, strided slices, max-reduction, PReLU or Mish, and batch_norm's is far slower than the
 same maths from elementwise ops; `grasp_logits` rebuilds the forward from ops that work. Each piece
-is checked against finite differences in float64 (tests/test_proxies.py).
+is checked against finite differences in float64 (tests/ranking/test_proxies.py).
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def _max_pool_double_backward(x: paddle.Tensor, pool: tuple[int, int, int]) -> p
 class _BatchNormDoubleBackward(nn.Layer):
     """Train-mode BN from elementwise ops and means, sharing the original scale and shift.
 
-    Paddle's batch_norm double-grad kernel is correct but about 200x slower on CPU than this
-    ; running statistics are not needed by grasp.
+    Paddle's batch_norm double-grad kernel is correct but far slower on CPU than this; running
+    statistics are not needed by grasp.
     """
 
     def __init__(self, bn: nn.BatchNorm2D):

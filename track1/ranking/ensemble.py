@@ -86,7 +86,7 @@ def reference_stats(weights: Mapping[str, float], reference: Mapping[str, Sequen
         t = t[np.isfinite(t)]
         std = float(t.std()) if len(t) >= 2 else 0.0
         if not std > 0:
-            raise ValueError(f"teacher member {name!r} is constant (or not finite) on the reference "
+            raise ConfigError(f"teacher member {name!r} is constant (or not finite) on the reference "
                              f"sample of {len(reference[name])} codes: it cannot be z-scored")
         stats[name] = (float(t.mean()), std)
     return stats

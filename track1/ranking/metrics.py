@@ -89,7 +89,7 @@ def rank_metrics(pred: Mapping[str, float], truth: Mapping[str, float], ks: Iter
     t = np.array([float(truth[c]) for c in codes], np.float64)
     bad = [c for c, a, b in zip(codes, p, t) if not (math.isfinite(a) and math.isfinite(b))]
     if bad:
-        raise ValueError(f"{count_phrase(len(bad), 'code')} with a non-finite accuracy: {some_keys(bad)}")
+        raise CoverageError(f"{count_phrase(len(bad), 'code')} with a non-finite accuracy: {some_keys(bad)}")
     out = {
         "kendall": _nan_safe(lambda a, b: stats.kendalltau(a, b, variant="b"), p, t),
         "spearman": _nan_safe(stats.spearmanr, p, t),

@@ -1,0 +1,106 @@
+"""The two-phase recipe: the pretrain stage, a supernet started from a full network (reordered), and
+distillation from it as a frozen teacher; resumes bit for bit."""
+import numpy as np
+import paddle
+import pytest
+
+from conftest import tiny_config
+from track1.network.build import build_supernet
+from track1.network.pretrained import pretrained_file, read_full_network, reorder_mid_channels
+from track1.pipeline import checkpoint
+from track1.pipeline.cli import main
+from track1.pipeline.config import run_dir
+from track1.pipeline.pretrain import pretrain
+from track1.pipeline.train import train
+from track1.pipeline.trainer import Trainer
+
+PRETRAIN = ["pretrain.enabled=true", "pretrain.epochs=1", "pretrain.max_steps=3"]
+FINETUNE = [*PRETRAIN, "train.init_reorder=true", "train.distill.enabled=true", "train.epochs=1"]
+
+
+def _weights(path):
+    return {k: np.asarray(v) for k, v in paddle.load(str(path / "model.pdparams")).items()}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny run's pretrain stage (3 steps of the largest subnet), done once."""
+    tmp = tmp_path_factory.mktemp("pre")
+    cfg = tiny_config(tmp, *FINETUNE)
+    written, what = pretrain(cfg, progress=False)
+    return cfg, written, what
+
+
+def test_pretrain_writes_the_full_network_in_the_organizers_names(pretrained):
+    cfg, written, what = pretrained
+    assert written == pretrained_file(run_dir(cfg)) and "trained the full network" in what
+    stage = run_dir(cfg) / "pretrained"
+    last = checkpoint.latest(stage)
+    assert checkpoint.read_meta(last)["step"] == 3  # pretrain.max_steps caps the stage
+    saved = paddle.load(str(written))
+    assert len(saved) == 252 and "blocks.0.conv.weight" in saved and "blocks.24.fc.bias" in saved
+    # The file is the stage's final weights, tensor for tensor.
+    _, model = build_supernet(cfg)
+    state = read_full_network(written, model)
+    final = _weights(last)
+    assert all(np.array_equal(state[k], final[k]) for k in final)
+    # The pretrain run trains the largest subnet alone: its checkpoint keeps that config.
+    assert "sampler: largest" in (last / "config.yaml").read_text()
+    assert pretrain(tiny_config(run_dir(cfg).parent, *FINETUNE, "train.init_from=x.pdparams"))[1].startswith(
+        "skipped: train.init_from is x.pdparams")
+
+
+def test_training_starts_from_the_reordered_file_and_distils_from_a_frozen_teacher(pretrained):
+    cfg, written, _ = pretrained
+    trainer = Trainer(cfg, steps_per_epoch=8, run_dir=run_dir(cfg))
+    trainer.start()
+    expected = reorder_mid_channels(read_full_network(written, trainer.model))
+    assert all(np.array_equal(v.numpy(), expected[k]) for k, v in trainer.model.state_dict().items())
+    (teacher_method,) = [m for m in trainer.methods if m.name == "distill"]
+    teacher = teacher_method.teacher
+    before = {k: v.numpy().copy() for k, v in teacher.state_dict().items()}
+    x = paddle.randn([8, 3, 32, 32])
+    y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
+    for step in range(3):
+        scalars = trainer.step(x, y, step)
+    assert scalars["distill/loss"] > 0
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    after = teacher.state_dict()
+    for k, v in before.items():  # weights and BN statistics alike, bit for bit
+        np.testing.assert_array_equal(v, after[k].numpy(), err_msg=k)
+    # The supernet did learn (from the distillation too: without it the same steps differ).
+    moved = Trainer(tiny_config(run_dir(cfg).parent / "plain", *FINETUNE, "train.distill.enabled=false"),
+                    steps_per_epoch=8, run_dir=run_dir(cfg))
+    moved.start()
+    for step in range(3):
+        moved.step(x, y, step)
+    a, b = trainer.model.stem_conv.weight.numpy(), moved.model.stem_conv.weight.numpy()
+    assert not np.array_equal(a, expected["stem_conv.weight"]) and not np.array_equal(a, b)
+
+
+def test_a_fine_tune_killed_and_resumed_ends_with_the_same_weights(pretrained, tmp_path):
+    cfg, written, _ = pretrained
+    given = [*FINETUNE, f"train.init_from={written}"]
+    full = train(tiny_config(tmp_path / "a", *given, "train.max_steps=5"), progress=False)
+    train(tiny_config(tmp_path / "b", *given, "train.max_steps=2"), progress=False)
+    resumed = train(tiny_config(tmp_path / "b", *given, "train.max_steps=5"), resume=True, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The frozen teacher travels with the checkpoint: a resume needs the file no more.
+    state = checkpoint.load_state(resumed)
+    assert set(state["distill"]["teacher"]) == set(read_full_network(written, build_supernet(cfg)[1]))
+
+
+def test_a_missing_or_misfit_init_file_is_one_line(tmp_path, capsys, pretrained):
+    out = tmp_path / "out"
+    args = ["train", "-o", f"run.output_dir={out}", "-o", "data.train_size=64", "-o", "data.batch_size=32"]
+    assert main([*args, "-o", f"train.init_from={tmp_path / 'none.pdparams'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'none.pdparams'}: full-network file not found (train.init_from)"]
+    # A width-0.125 file for the width-0.25 default names the first tensor and both shapes.
+    assert main([*args, "-o", f"train.init_from={pretrained[1]}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tensor blocks.0.conv.weight has shape [8, 3, 7, 7]" in err[0] and "[16, 3, 7, 7]" in err[0]
+    assert not (out / "fmnist_sandwich" / "checkpoints").exists()
