@@ -77,6 +77,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
     import numpy as np
 
     from track1.network import onednn
+    from track1.space import conv_out
     rng = np.random.default_rng(0)
     print(f"{'shape':<14} {'N':>4} | stock: fwd   f+b | fast: fwd   f+b | f+b x | oneDNN kernels")
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -84,7 +85,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
             x = paddle.to_tensor(rng.standard_normal((batch, c, h, h)).astype("float32"))
             w = paddle.to_tensor(rng.standard_normal((o, c, k, k)).astype("float32") * 0.1)
             x.stop_gradient = w.stop_gradient = False
-            ho = conv.out_size(h, k, s, p)
+            ho = conv_out(h, k, s, p)
             dy = paddle.to_tensor(rng.standard_normal((batch, o, ho, ho)).astype("float32"))
             funcs = {}
             for mode in conv.MODES:
@@ -101,7 +102,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
 def bench_steps(args, paddle, F) -> dict:
     import numpy as np
 
-    from track1.space import SearchSpace
+    from track1.space import SearchSpace, conv_out
     from track1.network.resnet import ResNet
     from track1.network.supernet import SuperNet
 

@@ -1,4 +1,5 @@
 import numpy as np
+import paddle
 import pytest
 
 from track1.methods.sampling import (PAIR_MODES, MarginSampler, distance, group_distance, max_hamming,
@@ -75,3 +76,59 @@ def test_pair_modes():
     assert far.among(randoms, 2) == [] and far.tries == 6 and far.accepted == 0
     with pytest.raises(ValueError, match="unknown ranking pair mode"):
         step_pairs(SPACE, "nearest", subnets, sampler, 2, 0, 3)
+
+
+# -- drawing toward large subnets, and progressive shrinking ---------------------------------------
+def test_tilted_draws_follow_the_configured_distribution_inside_the_sub_space():
+    from track1.methods.sampling import Bias
+    from track1.space import DEPTH_CHOICES, OFFICIAL_CHOICES, Subspace, official_problem
+    rng = np.random.default_rng(0)
+    n, t = 6000, 1.5
+    archs = Bias("tilt", temperature=t).draw(Subspace.official(), rng, n, step=1)
+    assert len(archs) == n and all(official_problem(a) is None for a in archs)
+    for stage in range(4):
+        depths, outs = DEPTH_CHOICES[stage], OFFICIAL_CHOICES[stage]
+        want_d = np.exp(-(len(depths) - 1 - np.arange(len(depths))) / t)  # the deepest has k = 0
+        want_o = np.exp(-np.arange(len(outs)) / t)                         # ratio code 1 has k = 0
+        got_d = np.array([sum(a.depths[stage] == d for a in archs) for d in depths]) / n
+        got_o = np.array([sum(a.blocks[stage][0][1] == o for a in archs) for o in outs]) / n
+        np.testing.assert_allclose(got_d, want_d / want_d.sum(), atol=0.02)
+        np.testing.assert_allclose(got_o, want_o / want_o.sum(), atol=0.02)
+
+
+def test_the_first_places_rule_keeps_the_largest_of_its_pool():
+    from track1.methods.sampling import Bias, fuxi_size
+    from track1.space import Subspace, official_problem
+    bias, within = Bias("top_of", pool=50), Subspace.official()
+    kept = bias.draw(within, np.random.default_rng(3), 4, step=1)
+    again = np.random.default_rng(3)  # the same generator: the same pool
+    pool = [within.sample(again) for _ in range(50)]
+    assert kept == sorted(dict.fromkeys(pool), key=lambda a: (-fuxi_size(a), a.code))[:4]
+    assert len(bias.draw(within, np.random.default_rng(3), 4, step=3)) == 5  # every third step one more
+    draws = [a for s in range(1, 200) if s % 3 for a in bias.draw(within, np.random.default_rng(s), 4, s)]
+    assert all(official_problem(a) is None for a in draws)
+    # Mostly a depth bias, as in their own runs: stage 3 at its deepest far more often than uniform (1/7).
+    assert np.mean([a.depths[2] == 8 for a in draws]) > 0.45
+
+
+def test_progressive_phases_switch_at_their_fractions_and_narrow_the_draws(tmp_path):
+    from conftest import tiny_config
+    from track1.pipeline.trainer import Trainer
+    phases = ("train.progressive.phases=[{until: 0.25, depth: largest, width: largest}, "
+              "{until: 0.5, depth: [4, 4, 6, 2], width: largest}, {until: 1.0, depth: elastic, width: elastic}]")
+    cfg = tiny_config(tmp_path, "train.progressive.enabled=true", phases)
+    trainer = Trainer(cfg, steps_per_epoch=8)  # 2 epochs: 16 steps
+    assert [trainer.within(s)[1] for s in range(16)] == [0] * 4 + [1] * 4 + [2] * 8
+    largest = trainer.space.largest()
+    assert trainer.subnets(0) == [("largest", largest)]  # the largest alone, trained once
+    for step in range(4, 8):
+        roles = trainer.subnets(step)
+        assert all(all(o == 1 for _, o in p) for _, a in roles for p in a.blocks)  # full width
+        assert all(a.depths[0] >= 4 and a.depths[2] >= 6 for _, a in roles)
+    assert len({a.code for s in range(8, 16) for _, a in trainer.subnets(s)}) == 10  # largest, smallest + 8 random
+    x, y = paddle.randn([8, 3, 32, 32]), paddle.to_tensor(np.arange(8) % 10, dtype="int64")
+    assert trainer.step(x, y, 5)["progressive/phase"] == 1
+    from track1.pipeline.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="the last 1.0"):
+        Trainer(load_config(None, ["train.progressive.enabled=true",
+                                   "train.progressive.phases=[{until: 0.5}]"]), steps_per_epoch=8)

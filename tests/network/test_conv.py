@@ -1,9 +1,15 @@
-"""track1.network.conv equals stock F.conv2d: outputs, input and weight gradients, inference, whole networks."""
+"""track1.network.conv equals stock F.conv2d: outputs, input and weight gradients, inference, whole networks;
+oneDNN's plans, scratch buffers and loader, and the fallback to stock where oneDNN fails."""
+import ctypes
+import re
+import warnings
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import onednn_fails_for
 from track1.network import conv
 
 from track1.network import onednn
@@ -12,7 +18,7 @@ from track1.pipeline import standalone
 from track1.pipeline.config import ConfigError, load_config
 from track1.network.conv import conv2d
 from track1.network.layers import DynamicConv2D, leading
-from track1.space import SearchSpace
+from track1.space import SearchSpace, conv_out
 from track1.network.resnet import ResNet
 from track1.network.supernet import SuperNet
 from track1.network.build import build_supernet
@@ -52,6 +58,7 @@ def _run(path, x, full, o, k_s_p, dy):
     return y.numpy(), dx.numpy(), dfull.numpy()
 
 
+@pytest.mark.needs_onednn
 @pytest.mark.parametrize("n,c,o,h,k,s,p", SHAPES)
 def test_paths_match_stock_conv2d(n, c, o, h, k, s, p):
     rng = np.random.default_rng(h * 100 + c)
@@ -59,7 +66,7 @@ def test_paths_match_stock_conv2d(n, c, o, h, k, s, p):
     # A larger parameter (sliced widths): gradients must land in its leading block only.
     full = paddle.to_tensor(rng.standard_normal((o + 3, c + 2, k, k)).astype("float32"),
                             stop_gradient=False)
-    ho = conv.out_size(h, k, s, p)
+    ho = conv_out(h, k, s, p)
     dy = paddle.to_tensor(rng.standard_normal((n, o, ho, ho)).astype("float32"))
     ref = _run("stock", x, full, o, (k, s, p), dy)
     assert np.abs(ref[2][o:]).max() == 0 and np.abs(ref[2][:, c:]).max() == 0
@@ -68,6 +75,7 @@ def test_paths_match_stock_conv2d(n, c, o, h, k, s, p):
         _close(a, b, f"fast {name}")
 
 
+@pytest.mark.needs_jit
 def test_onednn_is_loaded_and_deterministic():
     # Paddle's CPU wheel ships oneDNN 3.x: the fast mode must not fall back silently here.
     assert onednn.available(), onednn.why_unavailable()
@@ -85,7 +93,8 @@ def test_onednn_is_loaded_and_deterministic():
     assert len(names) == 3 and all(n and "ref" not in n for n in names), names
 
 
-def test_no_grad_and_bad_mode():
+@pytest.mark.needs_onednn
+def test_no_grad_and_input_without_gradient():
     x, w = paddle.randn([2, 16, 4, 4]), paddle.randn([8, 16, 3, 3])
     with paddle.no_grad():
         y = conv2d(x, w, 1, 1)
@@ -99,6 +108,10 @@ def test_no_grad_and_bad_mode():
         got = paddle.grad([conv2d(xi, wk, s, p).sum()], [w])[0]
         ref = paddle.grad([F.conv2d(xi, wk, stride=s, padding=p).sum()], [w])[0]
         _close(got.numpy(), ref.numpy(), f"weight grad, k={k}")
+
+
+def test_bad_mode():
+    x, w = paddle.randn([2, 16, 4, 4]), paddle.randn([8, 16, 3, 3])
     with pytest.raises(ValueError, match="unknown conv mode"):
         conv2d(x, w, 1, 1, "fastest")
     with pytest.raises(ValueError, match="unknown conv mode"):
@@ -114,6 +127,7 @@ def test_float64_runs_stock():
     np.testing.assert_array_equal(conv2d(x, w, 1, 1).numpy(), F.conv2d(x, w, padding=1).numpy())
 
 
+@pytest.mark.needs_onednn
 def test_plan_cache_evicts_least_recent(monkeypatch):
     monkeypatch.setattr(onednn, "MAX_PLANS", 2)
     monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
@@ -188,6 +202,7 @@ def test_supernet_fast_equals_stock_through_sliced_weights():
     assert net.export(widths).stem_conv.mode == "fast"
 
 
+@pytest.mark.needs_onednn
 def test_two_threads_fast_path_matches(tmp_path):
     # oneDNN at 2 threads; in a process of its own, as OMP_NUM_THREADS is read when paddle is
     # imported.
@@ -245,12 +260,12 @@ def test_without_onednn_the_fast_mode_falls_back_to_stock_with_one_warning(monke
     with pytest.warns(UserWarning, match="oneDNN unavailable .no libdnnl in this wheel"):
         y = conv2d(x, w, 1, 1)
     np.testing.assert_array_equal(y.numpy(), F.conv2d(x, w, padding=1).numpy())
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once, not on every call
         conv2d(x, w, 1, 1)
 
 
+@pytest.mark.needs_onednn
 @pytest.mark.parametrize("network", ["supernet", "static"])
 def test_fused_conv_bn_networks_match_the_float64_truth_like_stock(network, monkeypatch):
     # fuse_bn (what train and standalone build): every conv + BN (+ ReLU) of the training step is
@@ -273,6 +288,7 @@ def test_fused_conv_bn_networks_match_the_float64_truth_like_stock(network, monk
     assert len(fused) >= blocks  # the stem, every block's two convs, the projections
 
 
+@pytest.mark.needs_onednn
 def test_train_and_standalone_train_through_the_fused_node(monkeypatch):
     # Their networks' speed rests on fuse_bn; no result would change if it were dropped.
     cfg = load_config(None, ["space.width_mult=0.125"])
@@ -285,3 +301,160 @@ def test_train_and_standalone_train_through_the_fused_node(monkeypatch):
         out.sum().backward()
         kinds = {key[0] for key in onednn._PLANS}
         assert kinds == {"conv_bn"}, kinds  # every conv of the step went through the fused node
+
+
+@pytest.mark.needs_onednn
+def test_an_evicted_plan_lives_while_a_pending_backward_holds_it(monkeypatch):
+    # The cache used to release an evicted plan's primitives at once: the backward of A then ran
+    # (or built its primitives from) freed oneDNN objects, failing or crashing the process.
+    monkeypatch.setattr(onednn, "MAX_PLANS", 1)
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    rng = np.random.default_rng(8)
+    x = paddle.to_tensor(rng.standard_normal((2, 16, 8, 8)).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.standard_normal((16, 16, 3, 3)).astype("float32"), stop_gradient=False)
+    y = conv2d(x, w, 1, 1)  # A
+    (plan_a,) = onednn._PLANS.values()
+    released = plan_a._release
+    del plan_a
+    conv2d(paddle.randn([2, 16, 6, 6]), w, 1, 1)  # B evicts A
+    assert len(onednn._PLANS) == 1 and released.alive  # A's autograd node still holds it
+    dy = paddle.to_tensor(rng.standard_normal(y.shape).astype("float32"))
+    got = paddle.grad([y], [x, w], [dy])
+    ref = F.conv2d(x, w, padding=1)
+    for name, a, b in zip(("input grad", "weight grad"), got, paddle.grad([ref], [x, w], [dy])):
+        _close(a.numpy(), b.numpy(), f"backward of an evicted plan: {name}")
+    del y, got
+    assert not released.alive  # its last holder gone, the plan released its oneDNN objects
+
+
+def _conv_plan():
+    """A cached plan of a conv whose forward has run once (its scratch buffers allocated)."""
+    x, w = paddle.randn([2, 16, 8, 8]), paddle.randn([16, 16, 3, 3])
+    plan = onednn.plan(x.shape, w.shape, 1, 1)
+    plan.forward(x, w)
+    return plan, x, w
+
+
+@pytest.mark.needs_onednn
+def test_a_step_refuses_one_scratch_for_two_copies(monkeypatch):
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    plan, _, _ = _conv_plan()
+    steps = len(plan.impl_names())
+    with pytest.raises(onednn.OneDNNError, match="ConvPlan twice: two of its copies share"):
+        plan.step("twice", plan._fwd_pd, [(onednn._ARG_SRC, plan.x, onednn._Q_SRC, onednn._S_X),
+                                          (onednn._ARG_WEIGHTS, plan.w, onednn._Q_WEIGHTS, onednn._S_X)],
+                  (onednn._ARG_DST, plan.y, onednn._Q_DST, onednn._S_Y))
+    assert len(plan.impl_names()) == steps  # refused before it built anything
+
+
+@pytest.mark.needs_onednn
+def test_a_step_refuses_a_source_in_a_scratch_it_overwrites(monkeypatch):
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    plan, x, w = _conv_plan()
+    if not plan.fwd.overwrites:
+        pytest.skip("oneDNN convolves this shape in the plain layout here: no scratch copies")
+    y = paddle.empty(plan.y_shape)
+    for scratch in plan.fwd.overwrites:
+        for reads in ([scratch.ptr, w.data_ptr()], [x.data_ptr(), scratch.ptr]):
+            with pytest.raises(onednn.OneDNNError, match="ConvPlan forward: a source lies in a scratch"):
+                plan.fwd.run(reads, y.data_ptr())
+    plan.fwd.run([x.data_ptr(), w.data_ptr()], y.data_ptr())  # the same step, sources elsewhere
+    _close(y.numpy(), F.conv2d(x, w, padding=1).numpy(), "after the refusals")
+
+
+@pytest.mark.needs_onednn
+@pytest.mark.parametrize("stage", ["build", "forward"])
+def test_a_shape_onednn_fails_on_runs_stock_with_one_warning(stage, monkeypatch):
+    attempts = onednn_fails_for(monkeypatch, "ConvPlan", [2, 8, 6, 6], stage)
+    rng = np.random.default_rng(9)
+    w = paddle.to_tensor(rng.standard_normal((4, 8, 3, 3)).astype("float32"), stop_gradient=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # every warning given, not only the first per place
+        for grad in (True, True, False):
+            x = paddle.to_tensor(rng.standard_normal((2, 8, 6, 6)).astype("float32"),
+                                 stop_gradient=not grad)
+            with paddle.set_grad_enabled(grad):
+                y, ref = conv2d(x, w, 1, 1), F.conv2d(x, w, padding=1)
+            np.testing.assert_array_equal(y.numpy(), ref.numpy())
+            if grad:
+                assert y.grad_fn.name() != "GradNodePyLayer__OneDNNConv"
+                for a, b in zip(paddle.grad([y.sum()], [x, w]), paddle.grad([ref.sum()], [x, w])):
+                    np.testing.assert_array_equal(a.numpy(), b.numpy())
+        # Another shape still runs through oneDNN, unannounced.
+        other = paddle.randn([2, 8, 5, 5])
+        other.stop_gradient = False
+        assert conv2d(other, w, 1, 1).grad_fn.name() == "GradNodePyLayer__OneDNNConv"
+    assert attempts == [stage]  # later calls of the shape go straight to F.conv2d
+    assert len(said) == 1, [str(m.message) for m in said]
+    message = str(said[0].message)
+    assert "[2, 8, 6, 6] input by a [4, 8, 3, 3] weight" in message
+    assert "oneDNN status" in message and "Paddle's kernels run this shape" in message
+
+
+class _FakeDNNL:
+    """What ctypes.CDLL(path) gives, for a libdnnl whose dnnl_version says `version` and
+    `cpu_runtime`, missing the symbol `missing`; its other functions succeed and do nothing."""
+
+    def __init__(self, path, version=(3, 6, 2), cpu_runtime=2, missing=None):
+        self._path, self._missing = path, missing
+        self._version = onednn._Version(*version, None, cpu_runtime, 0)
+
+    def __getattr__(self, name):
+        if name == self._missing:
+            raise AttributeError(f"{self._path}: undefined symbol: {name}")
+        if name == "dnnl_version":
+            def fn():
+                return ctypes.pointer(self._version)
+        else:
+            def fn(*args):
+                return 0
+        setattr(self, name, fn)  # a CDLL keeps its functions too (restype is set on them)
+        return fn
+
+
+# (what the wheel holds: None for no libdnnl, else _FakeDNNL's arguments; the reason given)
+BROKEN_LOADS = {
+    "no library": (None, "this Paddle wheel ships no libdnnl"),
+    "oneDNN 2": ({"version": (2, 7, 3)}, r"libdnnl.so.3 is oneDNN 2.7: the declarations here are 3.x's"),
+    "missing symbol": ({"missing": "dnnl_memory_desc_equal"},
+                       "libdnnl.so.3: undefined symbol: dnnl_memory_desc_equal"),
+    "TBB runtime": ({"cpu_runtime": 4}, "libdnnl.so.3's CPU runtime is TBB: this module needs OpenMP"),
+    "threadpool runtime": ({"cpu_runtime": 8}, "CPU runtime is threadpool"),
+    "unknown runtime": ({"cpu_runtime": 3}, r"CPU runtime is unknown \(3\)"),
+}
+
+
+def _load(monkeypatch, lib: dict | None) -> bool:
+    """onednn.available() from scratch, with a wheel holding `lib` (see BROKEN_LOADS)."""
+    monkeypatch.setattr(onednn, "_LIB", None)  # monkeypatch restores the real library after
+    monkeypatch.setattr(onednn, "_WHY_NOT", None)
+    path = "/wheel/paddle/libs/libdnnl.so.3"
+    with monkeypatch.context() as m:
+        m.setattr(onednn.glob, "glob", lambda pattern: [] if lib is None else [path])
+        m.setattr(ctypes, "CDLL", lambda p: _FakeDNNL(p, **(lib or {})))
+        return onednn.available()
+
+
+@pytest.mark.parametrize("case", list(BROKEN_LOADS))
+def test_a_library_that_cannot_serve_leaves_onednn_unavailable_and_conv_stock(case, monkeypatch):
+    lib, reason = BROKEN_LOADS[case]
+    assert not _load(monkeypatch, lib)
+    why = onednn.why_unavailable()
+    assert "\n" not in why, why
+    assert re.search(reason, why), why
+    assert onednn.version() is None
+    monkeypatch.setattr(conv, "_warned", False)
+    x, w = paddle.randn([2, 4, 6, 6]), paddle.randn([3, 4, 3, 3])
+    with pytest.warns(UserWarning, match="oneDNN unavailable") as said:
+        y = conv2d(x, w, 1, 1)
+    assert len(said) == 1 and why in str(said[0].message)
+    np.testing.assert_array_equal(y.numpy(), F.conv2d(x, w, padding=1).numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        conv2d(x, w, 1, 1)
+
+
+@pytest.mark.parametrize("cpu_runtime", [1, 2])
+def test_onednn_on_openmp_or_sequential_loads(cpu_runtime, monkeypatch):
+    assert _load(monkeypatch, {"cpu_runtime": cpu_runtime}), onednn.why_unavailable()
+    assert onednn.version() == (3, 6, 2)

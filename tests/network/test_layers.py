@@ -1,6 +1,7 @@
 """The dynamic layers: leading-slice semantics, gradients, BN statistics, supernet == static net."""
 import contextlib
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -9,6 +10,8 @@ import paddle  # noqa: E402
 import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 import pytest  # noqa: E402
+
+from conftest import onednn_fails_for  # noqa: E402
 
 from track1.network import onednn  # noqa: E402
 from track1.network.layers import (DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act,  # noqa: E402
@@ -138,7 +141,7 @@ def test_bn_train_updates_only_leading_channels_like_batchnorm2d(stride_on, c):
         np.testing.assert_allclose(x.grad.numpy(), x_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, max_pool, steps=2):
+def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, max_pool, steps=2, fuse=True):
     """Two training steps of relu?(bn(conv(x, o))) on one (seeded) conv + BN pair with sliced
     widths: outputs, then every gradient (accumulated over the steps) and running statistic."""
     k, s, p = k_s_p
@@ -151,7 +154,7 @@ def _conv_bn_run(mode, x_np, full, o, k_s_p, relu, x_grad, max_pool, steps=2):
     x = paddle.to_tensor(x_np, stop_gradient=not x_grad)
     got = []
     for step in range(steps):
-        y = conv_bn_act(conv, bn, x, relu, o, fuse=True, max_pool=max_pool)
+        y = conv_bn_act(conv, bn, x, relu, o, fuse=fuse, max_pool=max_pool)
         node = y.grad_fn.name()
         (y * _rand(*y.shape, seed=20 + step)).sum().backward()
         got.append(y.numpy())
@@ -173,6 +176,7 @@ CONV_BN_SHAPES = [
 ]
 
 
+@pytest.mark.needs_onednn
 @pytest.mark.parametrize("n,c,h,full,o,k,s,p,relu,x_grad,pool", CONV_BN_SHAPES)
 def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, h, full, o, k, s, p, relu, x_grad, pool):
     x_np = np.random.default_rng(c + o + h).standard_normal((n, c, h, h)).astype("float32")
@@ -200,6 +204,7 @@ def test_fused_conv_bn_equals_the_layers_one_by_one(n, c, h, full, o, k, s, p, r
     np.testing.assert_array_equal(var[o:], np.ones(full[0] - o, dtype="float32"))
 
 
+@pytest.mark.needs_jit
 def test_fused_conv_bn_only_in_a_fast_training_step():
     conv, bn = DynamicConv2D(8, 8, 3, 1, 1, "fast"), DynamicBatchNorm2D(8)
     x = _rand(2, 8, 4, 4)
@@ -218,6 +223,55 @@ def test_fused_conv_bn_only_in_a_fast_training_step():
     plan = onednn.conv_bn_plan(x.shape, conv.weight.shape, 8, 1, 1, True, bn.epsilon)
     names = plan.impl_names()  # forward and backward ran above
     assert len(names) == 5 and all(n and "ref" not in n for n in names), names
+
+
+@pytest.mark.needs_onednn
+@pytest.mark.parametrize("stage", ["build", "forward"])
+def test_a_shape_the_fused_node_fails_on_runs_the_layers_one_by_one(stage, monkeypatch):
+    n, c, h, full, o, k, s, p, relu, x_grad, pool = CONV_BN_SHAPES[1]  # the stem, max pool too
+    x_np = np.random.default_rng(5).standard_normal((n, c, h, h)).astype("float32")
+    attempts = onednn_fails_for(monkeypatch, "ConvBNPlan", [n, c, h, h], stage)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got, node = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad, pool)
+        assert node != "GradNodePyLayer__OneDNNConvBN"
+        assert any(key[0] != "conv_bn" for key in onednn._PLANS)  # the fast conv ran, then the BN
+        ref, _ = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad, pool, fuse=False)
+        for a, b in zip(got, ref):  # the same ops on the same values: every bit alike
+            np.testing.assert_array_equal(a, b)
+        # Another shape keeps its fused node.
+        n, c, h, full, o, k, s, p, relu, x_grad, pool = CONV_BN_SHAPES[3]
+        x_np = np.random.default_rng(6).standard_normal((n, c, h, h)).astype("float32")
+        _, node = _conv_bn_run("fast", x_np, full, o, (k, s, p), relu, x_grad, pool)
+        assert node == "GradNodePyLayer__OneDNNConvBN"
+    assert attempts == [stage]  # the second step went straight to the layers
+    assert len(said) == 1, [str(m.message) for m in said]
+    message = str(said[0].message)
+    assert ("conv + batch norm of a [3, 3, 32, 32] input by the leading 12 filters of a "
+            "[16, 3, 7, 7] weight, stride 2, padding 3, relu True, max pool (3, 2, 1)") in message
+    assert "oneDNN status" in message
+
+
+@pytest.mark.needs_onednn
+def test_an_evicted_fused_plan_lives_while_a_pending_backward_holds_it(monkeypatch):
+    # As for the conv (test_conv): the fused node's backward runs on its plan after eviction.
+    monkeypatch.setattr(onednn, "MAX_PLANS", 1)
+    monkeypatch.setattr(onednn, "_PLANS", type(onednn._PLANS)())
+    grads = {}
+    for mode in ("fast", "stock"):
+        paddle.seed(3)
+        conv, bn = DynamicConv2D(16, 16, 3, 1, 1, mode), DynamicBatchNorm2D(16)
+        x = _rand(2, 12, 6, 6, seed=11)
+        x.stop_gradient = False
+        y = conv_bn_act(conv, bn, x, True, 14, fuse=True)  # A
+        conv_bn_act(conv, bn, _rand(2, 12, 5, 5, seed=12), True, 14, fuse=True)  # B evicts A
+        (y * _rand(*y.shape, seed=13)).sum().backward()
+        grads[mode] = [t.numpy() for t in (x.grad, conv.weight.grad, bn.weight.grad, bn.bias.grad)]
+        if mode == "fast":
+            assert y.grad_fn.name() == "GradNodePyLayer__OneDNNConvBN" and len(onednn._PLANS) == 1
+    for name, a, b in zip(("input", "weight", "gamma", "beta"), grads["fast"], grads["stock"]):
+        err = np.abs(a - b).max() / np.abs(b).max()
+        assert err <= 1e-5, f"{name} grad: relative error {err:.2e}"
 
 
 def test_bn_default_momentum_matches_batchnorm2d_default():

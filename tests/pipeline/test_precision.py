@@ -44,7 +44,7 @@ def _step_inputs(tmp_path):
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
     ranking = RankingDistillation(cfg, RunContext(space, 8, 16))
     ranking.lam = 1.0
-    return cfg, space, model, x, y, plan_subnets(cfg, space, [ranking], 0), ranking
+    return cfg, space, model, x, y, plan_subnets(cfg, [ranking], 0), ranking
 
 
 def test_bf16_forward_is_autocast_and_every_loss_is_computed_in_fp32(tmp_path, monkeypatch):

@@ -76,6 +76,7 @@ def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
     from track1.methods.base import RunContext
     from track1.methods.ranking import RankingDistillation
     from track1.methods.step import plan_subnets, train_step
+    from track1.space import Subspace
     # A margin of 10 makes every pair's rank loss positive, so lambda must move the gradient.
     cfg = tiny_config(tmp_path, "train.ranking.enabled=true", "train.ranking.threshold=20",
                       "train.ranking.margin=10", f"train.ranking.pair_mode={mode}", "train.num_random=3",
@@ -84,8 +85,8 @@ def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
     x = paddle.randn([8, 3, 32, 32])
     y = paddle.to_tensor(np.arange(8) % 10, dtype="int64")
     ranking = RankingDistillation(cfg, RunContext(space, 8, 16))
-    subnets = plan_subnets(cfg, space, [], step=0)
-    added, pairs = ranking.extend(subnets, 0), ranking.pairs
+    subnets = plan_subnets(cfg, [], step=0)
+    added, pairs = ranking.extend(subnets, 0, Subspace.official()), ranking.pairs
     grads = []
     for lam in lams:
         model.clear_gradients()

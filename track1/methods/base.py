@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paddle
 
-from track1.space import Arch, SearchSpace
+from track1.space import Arch, SearchSpace, Subspace
 
 
 # subnet_loss's answer for a subnet that has no loss of its own (it learns only through a term).
@@ -42,8 +42,9 @@ class Method:
     def start(self) -> None:
         """A fresh run begins (not a resumed one, whose state comes from its checkpoint)."""
 
-    def extend(self, subnets: list[tuple[str, Arch]], step: int) -> list[tuple[str, Arch]]:
-        """(role, arch) subnets this method adds to the step's forward (a function of the step)."""
+    def extend(self, subnets: list[tuple[str, Arch]], step: int, within: Subspace) -> list[tuple[str, Arch]]:
+        """(role, arch) subnets this method adds to the step's forward (a function of the step), drawn
+        from the subspace the step draws from."""
         return []
 
     def before_forward(self, model: paddle.nn.Layer, subnets: list[tuple[str, Arch]], x: paddle.Tensor,

@@ -9,6 +9,7 @@ from track1.methods.base import NO_LOSS, Method, RunContext
 from track1.methods.losses import label_loss, rank_loss, rank_weight
 from track1.methods.sampling import MarginSampler, step_pairs
 from track1.methods.teacher import Teacher
+from track1.space import Subspace
 
 
 class RankingDistillation(Method):
@@ -25,7 +26,7 @@ class RankingDistillation(Method):
                               "needs train.sampler=sandwich and train.num_random >= 2")
         self.r, self.space, self.seed = r, context.space, cfg["run"]["seed"]
         self.steps_per_epoch, self.epochs = context.steps_per_epoch, t["epochs"]
-        self.sampler = MarginSampler(context.space, r["distance"], r["threshold"], r["depth_weight"],
+        self.sampler = MarginSampler(Subspace.official(), r["distance"], r["threshold"], r["depth_weight"],
                                      r["width_weight"], r["max_tries"])
         cache = context.run_dir / "teacher" if context.run_dir is not None else None
         self.teacher = Teacher(cfg, context.space, cache)
@@ -39,10 +40,9 @@ class RankingDistillation(Method):
                     f"{self.epochs / r['ramp']:.3g} of cap {r['cap']} by the end of this {self.epochs}-epoch run"]
         return []
 
-    def extend(self, subnets, step):
+    def extend(self, subnets, step, within):
         r = self.r
-        added, self.pairs = step_pairs(self.space, r["pair_mode"], subnets, self.sampler, r["pairs"],
-                                       self.seed, step)
+        added, self.pairs = step_pairs(within, r["pair_mode"], subnets, self.sampler, r["pairs"], self.seed, step)
         self.lam = (rank_weight(step / self.steps_per_epoch, self.epochs, r["schedule"], r["cap"], r["ramp"])
                     if self.pairs else 0.0)
         return added

@@ -17,17 +17,21 @@ import paddle.nn.functional as F
 
 from track1.methods.base import NO_LOSS, Method
 from track1.methods.losses import label_loss, soft_cross_entropy
-from track1.methods.sampling import step_subnets
+from track1.methods.sampling import Bias, step_subnets
 from track1.network.precision import Precision, fp32
-from track1.space import Arch, SearchSpace
+from track1.space import Arch, SearchSpace, Subspace
 
 
-def plan_subnets(cfg: dict, space: SearchSpace, methods: Sequence[Method], step: int) -> list[tuple[str, Arch]]:
-    """The (role, arch) subnets of a step: the sampler's, then what each method adds."""
-    t = cfg["train"]
-    subnets = step_subnets(space, t["sampler"], t["num_random"], cfg["run"]["seed"], step)
+def plan_subnets(cfg: dict, methods: Sequence[Method], step: int,
+                 within: Subspace | None = None) -> list[tuple[str, Arch]]:
+    """The (role, arch) subnets of a step, drawn from `within` (default: the official sub-space): the
+    sampler's (train.sampler, with train.bias), then what each method adds."""
+    t, within = cfg["train"], within or Subspace.official()
+    b = t["bias"]
+    subnets = step_subnets(within, t["sampler"], t["num_random"], cfg["run"]["seed"], step,
+                           Bias(b["rule"], b["temperature"], b["pool"]))
     for method in methods:
-        subnets = subnets + method.extend(list(subnets), step)
+        subnets = subnets + method.extend(list(subnets), step, within)
     return subnets
 
 

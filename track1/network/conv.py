@@ -3,10 +3,12 @@
 Paddle's CPU conv2d runs an im2col and a small GEMM per image; the `fast` mode calls oneDNN's JIT
 kernels instead (track1.network.onednn: the library inside Paddle's own wheel), forward and both gradients,
 several times faster per conv on this network's shapes (benchmarks/bench_conv.py). Anything oneDNN does not
-take runs stock: tensors on an accelerator (cuDNN is already fast), non-float32 tensors, and every
-conv when the library cannot be loaded (a warning says why, once). Results equal F.conv2d's to float
-rounding (other summation orders). The fast path has no double backward: what needs a
-Hessian-vector product (the grasp proxy) builds its networks with `stock`.
+take runs stock: tensors on an accelerator (cuDNN is already fast), non-float32 tensors, every
+conv when the library cannot be loaded (a warning says why, once), and the shapes on which a oneDNN
+primitive failed to build or run forward (a warning per shape; one that fails in backward raises
+there: its forward has run). Results equal F.conv2d's to float rounding (other summation orders).
+The fast path has no double backward: what needs a Hessian-vector product (the grasp proxy) builds
+its networks with `stock`.
 
 A training step goes further (`conv_bn`, used by track1.network.layers.conv_bn_act): each conv with the
 batch norm after it, its ReLU and, for the stem, the max pool, is one oneDNN node, because on this
@@ -26,10 +28,16 @@ from track1.network import onednn
 
 MODES = ("fast", "stock")
 _warned = False
+_failed: set[tuple] = set()  # shapes on which oneDNN failed: Paddle's kernels run them
 
 
-def out_size(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
+def _give_up(key: tuple, what: str, error: Exception) -> None:
+    """Send this shape to Paddle's kernels from now on, and say so (once: later calls never get
+    to oneDNN)."""
+    _failed.add(key)
+    warnings.warn(f"train.conv=fast: oneDNN failed on {what} ({error}); Paddle's kernels run "
+                  "this shape")
+
 
 
 class _OneDNNConv(PyLayer):
@@ -80,15 +88,31 @@ class _OneDNNConvBN(PyLayer):
 
 def conv_bn(x: paddle.Tensor, weight: paddle.Tensor, gamma: paddle.Tensor, beta: paddle.Tensor,
             stats: RunningStats, out_channels: int, stride: int, padding: int, relu: bool,
-            max_pool: tuple[int, int, int] | None = None) -> paddle.Tensor:
+            max_pool: tuple[int, int, int] | None = None) -> paddle.Tensor | None:
     """relu?(batch_norm(conv2d(x, weight[:out_channels, :x.shape[1]]), gamma[:out_channels],
     beta[:out_channels])) with batch statistics, then F.max_pool2d(., *max_pool) if given, for a
     training step: one oneDNN pass (forward, and one backward node), the intermediate maps kept in
     oneDNN's layout, the leading running statistics updated in place. Differentiable in x, weight,
     gamma and beta (a paddle.grad through it asks for all of them that need one, as with conv2d);
-    the caller checks `fuses(x)` first (track1.network.layers.conv_bn_act)."""
-    return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding, relu,
-                               max_pool)
+    the caller checks `fuses(x)` first (track1.network.layers.conv_bn_act). None, with nothing
+    updated, where oneDNN fails on this shape (said once): the caller runs the layers one by one."""
+    if _failed and _conv_bn_key(x, weight, out_channels, stride, padding, relu, stats,
+                                max_pool) in _failed:
+        return None
+    try:
+        return _OneDNNConvBN.apply(x, weight, gamma, beta, stats, out_channels, stride, padding,
+                                   relu, max_pool)
+    except onednn.OneDNNError as e:
+        _give_up(_conv_bn_key(x, weight, out_channels, stride, padding, relu, stats, max_pool),
+                 f"conv + batch norm of a {list(x.shape)} input by the leading {out_channels} filters "
+                 f"of a {list(weight.shape)} weight, stride {stride}, padding {padding}, relu {relu}, "
+                 f"max pool {max_pool}", e)
+        return None
+
+
+def _conv_bn_key(x, weight, out_channels, stride, padding, relu, stats, max_pool) -> tuple:
+    return ("conv_bn", *x.shape, *weight.shape, out_channels, stride, padding, relu, stats.epsilon,
+            max_pool and tuple(max_pool))
 
 
 def fuses(x: paddle.Tensor) -> bool:
@@ -122,12 +146,22 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int = 1, padding: in
     """
     if mode not in MODES:
         raise ValueError(f"unknown conv mode {mode!r}: expected one of {', '.join(MODES)}")
-    if mode == "stock" or not uses_onednn(x):
+    if (mode == "stock" or not uses_onednn(x)
+            or (_failed and _conv_key(x, weight, stride, padding) in _failed)):
         return F.conv2d(x, weight, stride=stride, padding=padding)
-    if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
-        # Inference: oneDNN's forward-inference primitive, no autograd node.
-        return onednn.plan(x.shape, weight.shape, stride, padding, training=False).forward(x, weight)
-    return _OneDNNConv.apply(x, weight, stride, padding)
+    try:
+        if not paddle.is_grad_enabled() or (x.stop_gradient and weight.stop_gradient):
+            # Inference: oneDNN's forward-inference primitive, no autograd node.
+            return onednn.plan(x.shape, weight.shape, stride, padding, training=False).forward(x, weight)
+        return _OneDNNConv.apply(x, weight, stride, padding)
+    except onednn.OneDNNError as e:
+        _give_up(_conv_key(x, weight, stride, padding), f"conv2d of a {list(x.shape)} input by a "
+                 f"{list(weight.shape)} weight, stride {stride}, padding {padding}", e)
+    return F.conv2d(x, weight, stride=stride, padding=padding)
+
+
+def _conv_key(x, weight, stride, padding) -> tuple:
+    return ("conv2d", *x.shape, *weight.shape, stride, padding)
 
 
 class Conv2D(nn.Conv2D):

@@ -11,11 +11,10 @@ from track1.network.conv import MODES, RunningStats, conv2d, conv_bn, fuses
 def leading(t: paddle.Tensor, sizes: tuple[int, ...]) -> paddle.Tensor:
     """t[:sizes[0], :sizes[1], ...], differentiable, through paddle.split (forward: a copy or view).
 
-    The backward of split is a concat (plus zero blocks for the unused parts), which is several
-    times cheaper on CPU than the backward of slicing (t[:a, :b] / paddle.slice / strided_slice:
-    a zero tensor of the full shape plus a strided or Eigen-padded copy; about 1.1 ms against
-    0.07 ms for a [128, 128, 3, 3] weight cut to [90, 90], Paddle 3.3.1 with the stride kernel on).
-    Axes whose size is already full are left alone (no op at all). Double backward works too.
+    The backward of split is a concat (plus zero blocks for the unused parts), which is much
+    cheaper on CPU than the backward of slicing (t[:a, :b] / paddle.slice / strided_slice: a zero
+    tensor of the full shape plus a strided or Eigen-padded copy). Axes whose size is already
+    full are left alone (no op at all). Double backward works too.
     """
     shape = t.shape
     for axis, n in enumerate(sizes):
@@ -55,21 +54,26 @@ def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
     + DynamicBatchNorm2D (out_channels: the subnet's width) or of a track1.network.conv.Conv2D +
     nn.BatchNorm2D (a static network). With `fuse`, in a training-mode, fast-conv step on the CPU,
     it is one oneDNN node (track1.network.conv.conv_bn), which the layers' own forward (and their
-    hooks) never see; anywhere else, or with another normalisation layer, the layers run one by one.
+    hooks) never see; anywhere else, with another normalisation layer, or on a shape where oneDNN's
+    fused primitives fail, the layers run one by one.
     `norm(bn, y)`, if given, normalises in place of the BN layer's forward (tree scoring's per-image-
     group statistics, track1.ranking.tree); the layer's parameters are still its own."""
     if isinstance(conv, DynamicConv2D):
         if norm is None and fuse and conv.conv == "fast" and bn.training and fuses(x):
             stats = RunningStats(bn._mean, bn._variance, bn.momentum, bn.epsilon)
-            return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
-                           conv.padding, relu, max_pool)
+            y = conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
+                        conv.padding, relu, max_pool)
+            if y is not None:
+                return y
         y = conv(x, out_channels)
     else:
         if (norm is None and fuse and conv.mode == "fast" and isinstance(bn, nn.BatchNorm2D) and bn.training
                 and bn._data_format == "NCHW" and not bn._use_global_stats and fuses(x)):
             stats = RunningStats(bn._mean, bn._variance, bn._momentum, bn._epsilon)
-            return conv_bn(x, conv.weight, bn.weight, bn.bias, stats, conv.weight.shape[0],
-                           conv.square_stride, conv.square_padding, relu, max_pool)
+            y = conv_bn(x, conv.weight, bn.weight, bn.bias, stats, conv.weight.shape[0],
+                        conv.square_stride, conv.square_padding, relu, max_pool)
+            if y is not None:
+                return y
         y = conv(x)
     y = bn(y) if norm is None else norm(bn, y)
     y = F.relu(y) if relu else y

@@ -14,18 +14,23 @@ arguments let oneDNN pick its own blocked layouts (format 'any'), because its JI
 them; a plan reorders Paddle's NCHW tensors into them and back, through process-wide scratch
 buffers (grown on demand: calls run one at a time, and a per-call allocation costs as much as a
 small conv). Argument lists are packed once per plan; a call only re-points memories at tensors.
-Plans are cached per shape (least recently used out first). Primitives run on the thread count
-that OMP_NUM_THREADS gave the process (oneDNN's OpenMP runtime reads it).
+Plans are cached per shape (least recently used out first); a plan's oneDNN objects go when its
+last holder lets go of it (the cache, or the autograd node of a pending backward). Primitives run
+on the thread count that OMP_NUM_THREADS gave the process (oneDNN's OpenMP runtime reads it: a
+library built for another CPU runtime is refused).
 """
 from __future__ import annotations
 
 import ctypes
 import glob
 import os
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 import paddle
+
+from track1.space import conv_out
 
 
 # oneDNN 3.x C API constants (dnnl_types.h, dnnl_common_types.h).
@@ -40,6 +45,10 @@ _ARG_SRC, _ARG_DST, _ARG_WEIGHTS = 1, 17, 33
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 129, 145, 161
 _ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT, _ARG_WORKSPACE = 49, 50, 51, 52, 64
 _ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = 255, 256
+# dnnl_version_t.cpu_runtime: DNNL_RUNTIME_* (dnnl_common_types.h in 3.0, dnnl_config.h later).
+_RUNTIME_SEQ, _RUNTIME_OMP = 1, 2
+_RUNTIMES = {0: "none", 1: "sequential", 2: "OpenMP", 4: "TBB", 8: "threadpool", 256: "OpenCL",
+             512: "SYCL"}
 
 _vp = ctypes.c_void_p
 _Dims = ctypes.c_int64 * 12  # dnnl_dims_t
@@ -116,6 +125,12 @@ class _Library:
         self.version = (v.major, v.minor, v.patch)
         if v.major != 3:
             raise OneDNNError(f"{path} is oneDNN {v.major}.{v.minor}: the declarations here are 3.x's")
+        # Thread counts come from OMP_NUM_THREADS (and results stay bit-identical run to run) only
+        # with OpenMP's runtime, or none at all.
+        if v.cpu_runtime not in (_RUNTIME_SEQ, _RUNTIME_OMP):
+            runtime = _RUNTIMES.get(v.cpu_runtime, f"unknown ({v.cpu_runtime})")
+            raise OneDNNError(f"{path}'s CPU runtime is {runtime}: this module needs OpenMP "
+                              "(threads from OMP_NUM_THREADS) or sequential")
         self.engine, self.stream = _vp(), _vp()
         self.call("dnnl_engine_create", ctypes.byref(self.engine), _ENGINE_CPU, 0)
         self.call("dnnl_stream_create", ctypes.byref(self.stream), self.engine, _STREAM_IN_ORDER)
@@ -163,7 +178,7 @@ def _library() -> _Library | None:
                 raise OneDNNError("this Paddle wheel ships no libdnnl")
             _LIB = _Library(found[-1])
         except (OSError, AttributeError, OneDNNError) as e:
-            _WHY_NOT = str(e)
+            _WHY_NOT = " ".join(str(e).split()) or type(e).__name__  # one line
     return _LIB
 
 
@@ -197,7 +212,8 @@ class _Scratch:
 
 
 # Process-wide scratch buffers for oneDNN-layout copies, by role: calls run one at a time, and
-# within a call the copies that are alive together use different buffers.
+# within a call the copies that are alive together use different buffers (each `_Step` checks its
+# own: distinct scratches when built, no source in one it overwrites when run).
 _S_X, _S_W, _S_Y, _S_DZ, _S_TMP = (_Scratch() for _ in range(5))
 
 
@@ -251,8 +267,8 @@ class _Prim:
 
     def __init__(self, lib: _Library, pd, args: list[tuple[int, _Mem]]):
         self.lib, self.n = lib, len(args)
-        self.handle = lib.new("dnnl_primitive_create", pd)
         self.name = lib.impl_name(pd)
+        self.handle = lib.new("dnnl_primitive_create", pd)
         self.args = (_Arg * len(args))(*[_Arg(a, m.handle) for a, m in args])
 
     def run(self) -> None:
@@ -262,10 +278,16 @@ class _Prim:
 class _Step:
     """One primitive on memories given by address: each read through a reorder into the layout
     the primitive chose (a scratch copy) when it differs, the written one likewise back out of it.
-    `fixed` arguments (statistics, workspaces) are pointed by the caller."""
+    `fixed` arguments (statistics, workspaces) are pointed by the caller; `name` (the plan's and
+    the step's) is what errors call it."""
 
-    def __init__(self, plan: "_Plan", pd, reads, write, fixed=()):
+    def __init__(self, plan: "_Plan", name: str, pd, reads, write, fixed=()):
         """reads: (arg, source memory, query, scratch) each; write: the same for the output."""
+        self.name = f"{type(plan).__name__} {name}"
+        # The copies of one step are alive together: each needs a scratch of its own.
+        scratches = [scratch for *_, scratch in (*reads, write) if scratch is not None]
+        if len(set(scratches)) < len(scratches):
+            raise OneDNNError(f"oneDNN step {self.name}: two of its copies share a scratch buffer")
         self.reads = []
         for arg, src, query, scratch in reads:
             mem, reorder = plan.layout_of(src, pd, query, into=True)
@@ -276,8 +298,17 @@ class _Step:
         _check_scratch(self.store, self.scratch)
         args = [(a, mem) for a, _, mem, _, _ in self.reads] + [(arg, self.out), *fixed]
         self.prim = plan.prim(pd, args)
+        # The scratches this step writes: its reorders' targets, its output before the store.
+        self.overwrites = tuple([scratch for _, _, _, reorder, scratch in self.reads
+                                 if reorder is not None] + ([self.scratch] if self.store else []))
 
     def run(self, read_ptrs: list[int], write_ptr: int) -> None:
+        # A source in a scratch this step writes would be overwritten (or freed, were the buffer
+        # to grow) before the primitive reads it.
+        for scratch in self.overwrites:
+            if scratch.ptr in read_ptrs and scratch.ptr:
+                raise OneDNNError(f"oneDNN step {self.name}: a source lies in a scratch buffer "
+                                  "the step overwrites")
         for (_, src, mem, reorder, scratch), ptr in zip(self.reads, read_ptrs):
             src.point(ptr)
             if reorder is not None:
@@ -298,17 +329,33 @@ def _check_scratch(reorder, scratch) -> None:
         raise OneDNNError("oneDNN chose a layout this plan did not expect; use train.conv=stock")
 
 
+def _destroy(lib: _Library, prims: list, mems: list, pds: list, mds: list) -> None:
+    """Destroy a plan's oneDNN objects, each before what it was made from: the plan's finalizer,
+    so it takes bare handles, never the plan."""
+    for fn, handles in (("dnnl_primitive_destroy", prims), ("dnnl_memory_destroy", mems),
+                        ("dnnl_primitive_desc_destroy", pds), ("dnnl_memory_desc_destroy", mds)):
+        for handle in handles:
+            lib.call(fn, handle)
+
+
 class _Plan:
-    """What a plan of primitives shares: the descriptors, memories and primitives it owns (and
-    releases), the conv's geometry, and the `_Step`s it runs (`impl_names`)."""
+    """What a plan of primitives shares: the descriptors, memories and primitives it owns (released
+    when the plan goes, or by `close`), the conv's geometry, and the `_Step`s it runs
+    (`impl_names`)."""
 
     def __init__(self, lib: _Library, x_shape, w_dims, s: int, p: int):
         n, c, h, w = x_shape
         o, _, k, _ = w_dims
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        ho, wo = conv_out(h, k, s, p), conv_out(w, k, s, p)
         self.lib = lib
         self.x_shape, self.y_shape = [n, c, h, w], [n, o, ho, wo]
-        self._mds, self._pds, self._mems, self._prims, self._steps = [], [], [], [], []
+        # The handles the plan owns go with the plan, not with its eviction from the cache: a
+        # pending backward's autograd node may still hold it. The finalizer holds these lists, not
+        # the plan (else the plan would never go). Not at exit: the process releases everything.
+        self._prims, self._mems, self._pds, self._mds, self._steps = [], [], [], [], []
+        self._release = weakref.finalize(self, _destroy, lib, self._prims, self._mems, self._pds,
+                                         self._mds)
+        self._release.atexit = False
         self._any = [self._owned(lib.desc(d, _TAG_ANY)) for d in (self.x_shape, w_dims, self.y_shape)]
         # oneDNN's padding_r makes the output size exact; its dilation 0 means none.
         self._geometry = (_Dims(s, s), _Dims(0, 0), _Dims(p, p),
@@ -324,15 +371,17 @@ class _Plan:
         return pd
 
     def mem(self, md) -> _Mem:
-        self._mems.append(_Mem(self.lib, md))
-        return self._mems[-1]
+        mem = _Mem(self.lib, md)
+        self._mems.append(mem.handle)
+        return mem
 
     def prim(self, pd, args: list[tuple[int, _Mem]]) -> _Prim:
-        self._prims.append(_Prim(self.lib, pd, args))
-        return self._prims[-1]
+        prim = _Prim(self.lib, pd, args)
+        self._prims.append(prim.handle)
+        return prim
 
-    def step(self, pd, reads, write, fixed=()) -> _Step:
-        self._steps.append(_Step(self, pd, reads, write, fixed))
+    def step(self, name: str, pd, reads, write, fixed=()) -> _Step:
+        self._steps.append(_Step(self, name, pd, reads, write, fixed))
         return self._steps[-1]
 
     def _conv_pd(self, kind: str, prop_or_hint) -> _vp:
@@ -369,14 +418,9 @@ class _Plan:
         return [step.prim.name for step in self._steps]
 
     def close(self) -> None:
-        for prim in self._prims:
-            self.lib.call("dnnl_primitive_destroy", prim.handle)
-        for mem in self._mems:
-            self.lib.call("dnnl_memory_destroy", mem.handle)
-        for pd in self._pds:
-            self.lib.call("dnnl_primitive_desc_destroy", pd)
-        for md in self._mds:
-            self.lib.call("dnnl_memory_desc_destroy", md)
+        """Release the oneDNN objects now rather than when the plan goes; the plan must not run
+        again (nor be held by a pending backward)."""
+        self._release()
 
 
 class ConvPlan(_Plan):
@@ -391,8 +435,8 @@ class ConvPlan(_Plan):
         self.x, self.w, self.y = self.mem(x_md), self.mem(w_md), self.mem(y_md)
         self.dx, self.dw, self.dy = self.mem(x_md), self.mem(w_md), self.mem(y_md)
         self._fwd_pd = self._conv_pd("forward", _FORWARD_TRAINING if training else _FORWARD_INFERENCE)
-        self.fwd = self.step(self._fwd_pd, [(_ARG_SRC, self.x, _Q_SRC, _S_X),
-                                            (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+        self.fwd = self.step("forward", self._fwd_pd,
+                             [(_ARG_SRC, self.x, _Q_SRC, _S_X), (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
                              (_ARG_DST, self.y, _Q_DST, _S_Y))
         self.data = self.weights = None
 
@@ -405,7 +449,7 @@ class ConvPlan(_Plan):
 
     def backward_data(self, dy: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
         if self.data is None:
-            self.data = self.step(self._conv_pd("data", self._fwd_pd),
+            self.data = self.step("backward data", self._conv_pd("data", self._fwd_pd),
                                   [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y),
                                    (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
                                   (_ARG_DIFF_SRC, self.dx, _Q_DIFF_SRC, _S_X))
@@ -415,7 +459,7 @@ class ConvPlan(_Plan):
 
     def backward_weights(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
         if self.weights is None:
-            self.weights = self.step(self._conv_pd("weights", self._fwd_pd),
+            self.weights = self.step("backward weights", self._conv_pd("weights", self._fwd_pd),
                                      [(_ARG_SRC, self.x, _Q_SRC, _S_X),
                                       (_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)],
                                      (_ARG_DIFF_WEIGHTS, self.dw, _Q_DIFF_WEIGHTS, _S_W))
@@ -452,7 +496,7 @@ class ConvBNPlan(_Plan):
         if max_pool:
             n, _, h, w = self.y_shape
             pk, ps, pp = max_pool
-            hp, wp = (h + 2 * pp - pk) // ps + 1, (w + 2 * pp - pk) // ps + 1
+            hp, wp = conv_out(h, pk, ps, pp), conv_out(w, pk, ps, pp)
             self.y_shape = [n, o, hp, wp]
             self._pool_geometry = (_Dims(ps, ps), _Dims(pk, pk), _Dims(0, 0), _Dims(pp, pp),
                                    _Dims((hp - 1) * ps + pk - h - pp, (wp - 1) * ps + pk - w - pp))
@@ -472,20 +516,20 @@ class ConvBNPlan(_Plan):
         self.mean, self.var, self.scale, self.shift, self.dscale, self.dshift = (
             self.mem(stat_md) for _ in range(6))
         self.ws = self.mem(self._query(bn, _Q_WORKSPACE)) if relu else None
-        self.conv = self.step(conv, [(_ARG_SRC, self.x, _Q_SRC, _S_X),
-                                     (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
+        self.conv = self.step("conv", conv, [(_ARG_SRC, self.x, _Q_SRC, _S_X),
+                                             (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
                               (_ARG_DST, self.z, _Q_DST, None))
         stats = [(_ARG_MEAN, self.mean), (_ARG_VARIANCE, self.var), (_ARG_SCALE, self.scale),
                  (_ARG_SHIFT, self.shift), *self._workspace()]
         if max_pool:
             self.a = self.mem(self._query(bn, _Q_DST))  # the batch norm's output, pooled next
-            self.bn = self.step(bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
+            self.bn = self.step("batch norm", bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
                                 (_ARG_DST, self.a, _Q_DST, None), stats)
             self.pool_ws = self.mem(self._query(pool, _Q_WORKSPACE))
-            self.pool = self.step(pool, [(_ARG_SRC, self.a, _Q_SRC, None)],
+            self.pool = self.step("max pool", pool, [(_ARG_SRC, self.a, _Q_SRC, None)],
                                   (_ARG_DST, self.y, _Q_DST, _S_Y), [(_ARG_WORKSPACE, self.pool_ws)])
         else:
-            self.bn = self.step(bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
+            self.bn = self.step("batch norm", bn, [(_ARG_SRC, self.z, _Q_SRC, None)],
                                 (_ARG_DST, self.y, _Q_DST, _S_Y), stats)
         self.bn_bwd = None  # the backward steps, built on first use
 
@@ -504,18 +548,20 @@ class ConvBNPlan(_Plan):
             pool = self._pd("dnnl_pooling_backward_primitive_desc_create", lib.engine, _POOLING_MAX,
                             z_md, self._pool_any, *self._pool_geometry, self._pool_fwd, None)
             self.da = self.mem(self._query(bn, _Q_DIFF_DST))  # the pool's input gradient
-            self.pool_bwd = self.step(pool, [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)],
+            self.pool_bwd = self.step("max pool backward", pool,
+                                      [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)],
                                       (_ARG_DIFF_SRC, self.da, _Q_DIFF_SRC, None),
                                       [(_ARG_WORKSPACE, self.pool_ws)])
             bn_reads = [(_ARG_DIFF_DST, self.da, _Q_DIFF_DST, None)]
         else:
             bn_reads = [(_ARG_DIFF_DST, self.dy, _Q_DIFF_DST, _S_Y)]
-        self.bn_bwd = self.step(bn, bn_reads, (_ARG_DIFF_SRC, self.dz, _Q_DIFF_SRC, None), fixed)
-        self.data = self.step(self._conv_pd("data", self._conv_fwd),
+        self.bn_bwd = self.step("batch norm backward", bn, bn_reads,
+                                (_ARG_DIFF_SRC, self.dz, _Q_DIFF_SRC, None), fixed)
+        self.data = self.step("conv backward data", self._conv_pd("data", self._conv_fwd),
                               [(_ARG_DIFF_DST, self.dz, _Q_DIFF_DST, _S_TMP),
                                (_ARG_WEIGHTS, self.w, _Q_WEIGHTS, _S_W)],
                               (_ARG_DIFF_SRC, self.dx, _Q_DIFF_SRC, _S_X))
-        self.weights = self.step(self._conv_pd("weights", self._conv_fwd),
+        self.weights = self.step("conv backward weights", self._conv_pd("weights", self._conv_fwd),
                                  [(_ARG_SRC, self.x, _Q_SRC, _S_X),
                                   (_ARG_DIFF_DST, self.dz, _Q_DIFF_DST, _S_TMP)],
                                  (_ARG_DIFF_WEIGHTS, self.dw, _Q_DIFF_WEIGHTS, _S_Y))
@@ -593,7 +639,7 @@ def _cached(key: tuple, build) -> _Plan:
         return found
     found = _PLANS[key] = build(lib)
     while len(_PLANS) > MAX_PLANS:
-        _PLANS.popitem(last=False)[1].close()
+        _PLANS.popitem(last=False)  # released when no pending backward holds it either
     return found
 
 

@@ -28,8 +28,10 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor"}
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
            "train.init_reorder": False}
-# Sections added after runs existed that a fingerprint leaves out whole while they are off.
-NEUTRAL_SECTIONS = {"train.distill", "pretrain"}
+# Sections added after runs existed that a fingerprint leaves out whole while their switch has its
+# neutral value.
+NEUTRAL_SECTIONS = {"train.distill": ("enabled", False), "pretrain": ("enabled", False),
+                    "train.bias": ("rule", "none"), "train.progressive": ("enabled", False)}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -167,7 +169,7 @@ def _result_keys(cfg: dict, prefix: str = "", skip: frozenset = frozenset()) -> 
         name = f"{prefix}{k}"
         if name in NOT_RESULT_KEYS or name in skip or NEUTRAL.get(name, ...) == v:
             continue
-        if name in NEUTRAL_SECTIONS and not v["enabled"]:
+        if name in NEUTRAL_SECTIONS and v[NEUTRAL_SECTIONS[name][0]] == NEUTRAL_SECTIONS[name][1]:
             continue
         out[k] = _result_keys(v, name + ".", skip) if isinstance(v, dict) else v
     return out
@@ -221,7 +223,7 @@ def _schema() -> dict[str, tuple]:
     from track1.data.sources import ARRAY_DATA, IMAGE_DATA
     from track1.methods import board, matcher
     from track1.methods.losses import RANK_LOSSES, RANK_SCHEDULES
-    from track1.methods.sampling import DISTANCES, PAIR_MODES, SAMPLERS
+    from track1.methods.sampling import BIAS_RULES, DISTANCES, PAIR_MODES, SAMPLERS
     from track1.network import precision
     from track1.network.conv import MODES as CONV_MODES
     from track1.network.layers import ACTIVATIONS
@@ -238,6 +240,7 @@ def _schema() -> dict[str, tuple]:
         "data.val_size": at_least(0), "data.batch_size": at_least(1), "data.num_workers": at_least(0),
         "train.epochs": at_least(1), "train.max_steps": at_least(0), "train.sampler": one_of(SAMPLERS),
         "train.num_random": at_least(0), "train.conv": one_of(CONV_MODES),
+        "train.bias.rule": one_of(BIAS_RULES), "train.bias.temperature": (">", 0), "train.bias.pool": at_least(1),
         "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
         "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
         "train.label_smoothing": ("in", 0, 1), "train.grad_clip": at_least(0), "train.log_every": at_least(1),

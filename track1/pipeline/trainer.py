@@ -9,12 +9,13 @@ import paddle
 
 from track1.methods.base import RunContext
 from track1.methods.registry import build_methods
-from track1.methods.sampling import uses_every_parameter
+from track1.methods.sampling import parse_phases, phase_at, uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
 from track1.network.build import build_supernet
 from track1.network.pretrained import init_path, load_full_network
 from track1.network.precision import Precision
 from track1.pipeline.optim import build_optimizer
+from track1.space import Subspace
 
 
 class Trainer:
@@ -32,6 +33,7 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
         self.precision = Precision(t["amp"])
         self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
+        self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
         self.net = (paddle.DataParallel(self.model, find_unused_parameters=not uses_every_parameter(t["sampler"]))
                     if world > 1 else self.model)
 
@@ -44,14 +46,26 @@ class Trainer:
         for m in self.methods:
             m.start()
 
+    def within(self, step: int) -> tuple[Subspace, int | None]:
+        """The part of the space this step draws from, and its progressive-shrinking phase (None: off)."""
+        if not self.phases:
+            return Subspace.official(), None
+        i = phase_at(self.phases, step, self.total_steps)
+        return Subspace.official().restrict(self.phases[i].min_depths, self.phases[i].max_codes), i
+
     def subnets(self, step: int):
-        return plan_subnets(self.cfg, self.space, self.methods, step)
+        within, phase = self.within(step)
+        subnets = plan_subnets(self.cfg, self.methods, step, within)
+        if phase is not None:  # a narrow phase draws the same network more than once: train it once
+            seen: set = set()
+            subnets = [s for s in subnets if not (s[1] in seen or seen.add(s[1]))]
+        return subnets
 
     def step(self, x: paddle.Tensor, y: paddle.Tensor, step: int, read: bool = True) -> dict:
         """One optimizer step on (x, y): scalars to log (tensors on the device unless read)."""
         self.model.train()
         subnets, lr = self.subnets(step), self.optimizer.get_lr()
-        scalars = {}
+        scalars = {} if not self.phases else {"progressive/phase": self.within(step)[1]}
         for m in self.methods:
             scalars.update(m.before_forward(self.model, subnets, x, y, step, lr, self.optimizer))
         scalars.update(train_step(self.net, self.space, subnets, x, y, self.methods, self.t["label_smoothing"],

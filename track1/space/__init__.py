@@ -6,9 +6,10 @@ from track1.space.code import (CODE_LENGTH, DEPTH_CHOICES, MAX_DEPTHS, OFFICIAL_
 from track1.space.geometry import (BASE_WIDTHS, STAGE_STRIDES, STEM_BASE, STEM_CONV, STEM_POOL, Block, Widths,
                                    block_plan, conv_out, layer_sequence, make_divisible, needs_projection)
 from track1.space.search_space import SearchSpace, unique_widths
+from track1.space.subspace import Subspace
 
 
 __all__ = ["CODE_LENGTH", "DEPTH_CHOICES", "MAX_DEPTHS", "OFFICIAL_CHOICES", "RATIOS", "RESOLUTIONS",
            "STAGE_OFFSETS", "Arch", "CodeError", "hamming", "official_problem", "parse", "parse_official",
            "tied", "BASE_WIDTHS", "STAGE_STRIDES", "STEM_BASE", "STEM_CONV", "STEM_POOL", "Block", "Widths",
-           "block_plan", "conv_out", "layer_sequence", "make_divisible", "needs_projection", "SearchSpace", "unique_widths"]
+           "block_plan", "conv_out", "layer_sequence", "make_divisible", "needs_projection", "SearchSpace", "Subspace", "unique_widths"]

@@ -7,9 +7,10 @@ from typing import Sequence
 
 import numpy as np
 
-from track1.space.code import DEPTH_CHOICES, MAX_DEPTHS, OFFICIAL_CHOICES, RATIOS, Arch, parse, tied
+from track1.space.code import RATIOS, Arch, parse
 from track1.space.cost import network_macs, network_params
 from track1.space.geometry import BASE_WIDTHS, STEM_BASE, Widths, make_divisible
+from track1.space.subspace import Subspace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,21 +45,17 @@ class SearchSpace:
             for s, pairs in enumerate(arch.blocks))
         return Widths(self.width(STEM_BASE, arch.stem_ratio), blocks)
 
-    # -- sampling (the official sub-space and its distribution) -----------------------------------
+    # -- sampling (the official sub-space and its distribution: track1.space.subspace) ------------
     def largest(self) -> Arch:
-        return tied(tuple(MAX_DEPTHS), tuple(c[0] for c in OFFICIAL_CHOICES))
+        return Subspace.official().largest()
 
     def smallest(self) -> Arch:
-        return tied(tuple(c[0] for c in DEPTH_CHOICES), tuple(c[-1] for c in OFFICIAL_CHOICES))
+        return Subspace.official().smallest()
 
     def sample(self, rng: np.random.Generator) -> Arch:
         """As the official list is distributed: each stage's depth and output code uniform, the
         stem tied to stage 1's output, every block's mid code uniform over its stage's choices."""
-        depths = tuple(int(rng.choice(c)) for c in DEPTH_CHOICES)
-        outs = tuple(int(rng.choice(c)) for c in OFFICIAL_CHOICES)
-        mids = tuple(tuple(int(rng.choice(OFFICIAL_CHOICES[s])) for _ in range(d))
-                     for s, d in enumerate(depths))
-        return tied(depths, outs, mids)
+        return Subspace.official().sample(rng)
 
     # -- analytic cost (track1.space.cost: the counting convention of paddle.flops) ----------------
     def flops(self, arch: Arch | str | Widths) -> int:

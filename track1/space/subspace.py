@@ -1,0 +1,81 @@
+"""A part of the official tied sub-space: the depths, output codes and mid codes each stage may take (and
+optionally which depth patterns), with its largest and smallest subnet and uniform draws from it.
+
+The official list's own distribution is `Subspace.official()`: each stage's depth and output code
+uniform over the stage's choices, the stem tied to stage 1's output, each mid code uniform. A
+progressive-shrinking phase or a few-shot group is a narrower Subspace.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from track1.space.code import DEPTH_CHOICES, OFFICIAL_CHOICES, Arch, tied
+
+Choices = tuple[tuple[int, ...], ...]  # per stage, the allowed values in ascending order
+
+
+@dataclasses.dataclass(frozen=True)
+class Subspace:
+    depths: Choices = DEPTH_CHOICES
+    outs: Choices = OFFICIAL_CHOICES   # each stage's output ratio code (the stem takes stage 1's)
+    mids: Choices = OFFICIAL_CHOICES   # each block's first-conv ratio code
+    patterns: frozenset[tuple[int, ...]] | None = None  # allowed depth patterns (None: every combination)
+
+    @classmethod
+    def official(cls) -> "Subspace":
+        return cls()
+
+    def __post_init__(self):
+        for name in ("depths", "outs", "mids"):
+            for stage, allowed in enumerate(getattr(self, name)):
+                if not allowed:
+                    raise ValueError(f"subspace: stage {stage + 1} allows no {name[:-1]}")
+        if self.patterns is not None and not self.patterns:
+            raise ValueError("subspace: no depth pattern allowed")
+
+    def depth_patterns(self) -> list[tuple[int, ...]]:
+        """Every allowed depth pattern, in ascending order."""
+        every = itertools.product(*self.depths)
+        return [p for p in every if self.patterns is None or p in self.patterns]
+
+    def largest(self) -> Arch:
+        """The deepest allowed pattern (most blocks; then the deepest last stages), widest codes."""
+        depths = max(self.depth_patterns(), key=lambda p: (sum(p), p))
+        return tied(depths, tuple(c[0] for c in self.outs), tuple((m[0],) * d for m, d in zip(self.mids, depths)))
+
+    def smallest(self) -> Arch:
+        """The shallowest allowed pattern, narrowest codes."""
+        depths = min(self.depth_patterns(), key=lambda p: (sum(p), p))
+        return tied(depths, tuple(c[-1] for c in self.outs), tuple((m[-1],) * d for m, d in zip(self.mids, depths)))
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """Uniform within the subspace: each stage's depth and output code uniform over its choices
+        (a depth pattern outside `patterns` is drawn again), each mid code uniform."""
+        while True:
+            depths = tuple(int(rng.choice(c)) for c in self.depths)
+            outs = tuple(int(rng.choice(c)) for c in self.outs)
+            mids = tuple(tuple(int(rng.choice(self.mids[s])) for _ in range(d)) for s, d in enumerate(depths))
+            if self.patterns is None or depths in self.patterns:
+                return tied(depths, outs, mids)
+
+    def contains(self, arch: Arch) -> bool:
+        if arch.depths not in self.depth_patterns():
+            return False
+        for stage, pairs in enumerate(arch.blocks):
+            if any(out not in self.outs[stage] or mid not in self.mids[stage] for mid, out in pairs):
+                return False
+        return True
+
+    def restrict(self, min_depths: tuple[int, ...] | None = None,
+                 max_codes: tuple[int, ...] | None = None) -> "Subspace":
+        """Depths of at least min_depths and ratio codes up to max_codes (outputs and mids), per stage."""
+        depths, outs, mids = self.depths, self.outs, self.mids
+        if min_depths is not None:
+            depths = tuple(tuple(d for d in c if d >= m) for c, m in zip(depths, min_depths))
+        if max_codes is not None:
+            outs = tuple(tuple(v for v in c if v <= m) for c, m in zip(outs, max_codes))
+            mids = tuple(tuple(v for v in c if v <= m) for c, m in zip(mids, max_codes))
+        return dataclasses.replace(self, depths=depths, outs=outs, mids=mids)
