@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The Track 1 pipeline end to end: prepare -> pretrain (when configured) -> train -> score -> submit.
+# The Track 1 pipeline end to end: prepare -> pretrain -> train -> fewshot -> score -> submit
+# (pretrain and fewshot only when configured).
 #
 #   bash run.sh                                   # embedded default (Fashion-MNIST, CPU)
 #   bash run.sh -c configs/finetune.yaml          # pretrain the full network, then the supernet from it
@@ -30,11 +31,11 @@ while [ $# -gt 0 ]; do
     -o) OVERRIDES+=("-o" "$2"); shift 2 ;;
     --setup) SETUP_ONLY=1; shift ;;
     --preflight) PREFLIGHT=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see bash run.sh --help)" >&2; exit 2 ;;
   esac
 done
-STAGES=(prepare pretrain train score submit)
+STAGES=(prepare pretrain train fewshot score submit)
 case " ${STAGES[*]} " in *" $FROM "*) ;; *) echo "run.sh: --from must be one of: ${STAGES[*]}" >&2; exit 2 ;; esac
 [ -f "$CONFIG" ] || { echo "run.sh: config file '$CONFIG' not found" >&2; exit 2; }
 if [ -n "${ARCH_LIST:-}" ]; then
@@ -78,8 +79,8 @@ o = [a for a in sys.argv[2:] if a != "-o"]
 print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"
 
-launch() {  # pretrain, train, score and preflight run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
-  if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = pretrain ] || [ "$1" = score ] || [ "$1" = preflight ]; }; then
+launch() {  # the training stages, score and preflight run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)
+  if [ "$NPROC" -gt 1 ] && { [ "$1" = train ] || [ "$1" = pretrain ] || [ "$1" = fewshot ] || [ "$1" = score ] || [ "$1" = preflight ]; }; then
     # LAUNCH_ARGS passes more launcher options, e.g. "--nnodes 2 --ips 10.0.0.1,10.0.0.2".
     "$PY" -m paddle.distributed.launch --nproc_per_node "$NPROC" ${LAUNCH_ARGS:-} --log_dir "$RUN_DIR/launch_log/$1" \
       tools/launch.py "$@"

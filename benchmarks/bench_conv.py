@@ -102,7 +102,7 @@ def bench_shapes(args, paddle, F, conv) -> None:
 def bench_steps(args, paddle, F) -> dict:
     import numpy as np
 
-    from track1.space import SearchSpace, conv_out
+    from track1.space import SearchSpace
     from track1.network.resnet import ResNet
     from track1.network.supernet import SuperNet
 

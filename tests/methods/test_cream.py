@@ -2,7 +2,6 @@
 board's rules, the stored outputs, the loss, teacher choice, the matcher, its optimizer and
 look-ahead, resume, the authors' preset, and what Paddle's double backward can do here."""
 import math
-from pathlib import Path
 
 import numpy as np
 import paddle

@@ -2,7 +2,6 @@ import hashlib
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -258,3 +257,26 @@ def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
     assert (tmp_path / "submit" / "ft.json").exists()
     for stage in ("prepare", "pretrain", "train", "score", "submit"):
         assert (tmp_path / "out" / "ft" / "stages" / f"{stage}.done").exists()
+
+
+@pytest.mark.parametrize("preset", ["fewshot_width", "fewshot_depth", "progressive", "biased"])
+def test_run_sh_runs_each_winning_teams_preset_capped_by_max_steps(tmp_path, preset):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"_base_: {REPO / 'configs' / (preset + '.yaml')}\n"
+                   f"run: {{name: p, output_dir: {tmp_path / 'out'}, threads: 1}}\n"
+                   "space: {width_mult: 0.125}\n"
+                   "data: {train_size: 128, batch_size: 32}\n"
+                   "train: {eval_images: 100, max_steps: 12}\n"
+                   "score: {calib_images: 32, calib_batch: 32, val_images: 100, eval_batch: 100}\n"
+                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
+    arch = tmp_path / "list.json"
+    write_arch_list(arch, demo_arch_list(5, 3))
+    done = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "submit" / "p.json").exists()
+    # train.max_steps caps the whole run: the one-shot run and every split step together.
+    runs_done = [json.loads(p.read_text())["step"] for p in (tmp_path / "out" / "p").rglob("latest.json")]
+    assert runs_done and all(s > 0 for s in runs_done) and sum(runs_done) <= 12
+    if preset.startswith("fewshot"):
+        assert "fewshot: " in done.stdout and "split step(s)" in done.stdout
+        assert len(runs_done) == (6 if preset == "fewshot_width" else 2)  # one-shot + its split steps

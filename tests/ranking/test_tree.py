@@ -1,7 +1,6 @@
 """Prefix-shared scoring equals per-code scoring in any chunking; multiply-add counts; the model is left alone."""
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 import pytest
 
 from track1.ranking import tree

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import paddle
 
+from track1.network.fewshot import FewShotSupernet
 from track1.network.resnet import BasicBlock, ResNet
 from track1.network.supernet import DynamicBlock, SuperNet
 from track1.space import SearchSpace, Widths
+from track1.space.split import Split
 
 
 def zero_residual_branches(net: paddle.nn.Layer) -> None:
@@ -26,6 +28,16 @@ def build_supernet(cfg: dict) -> tuple[SearchSpace, SuperNet]:
         model = SuperNet(space, act=cfg["space"]["act"], conv=cfg["train"]["conv"], fuse_bn=True)
     if cfg["train"]["zero_init_residual"]:
         zero_residual_branches(model)
+    return space, model
+
+
+def build_fewshot(cfg: dict, split: Split) -> tuple[SearchSpace, FewShotSupernet]:
+    """A few-shot supernet of the split, its sub-supernets initialised as build_supernet's (a split
+    step then sets them from its parent's weights)."""
+    space = SearchSpace.from_config(cfg)
+    paddle.seed(cfg["run"]["seed"])
+    with paddle.utils.unique_name.guard():
+        model = FewShotSupernet(space, split, act=cfg["space"]["act"], conv=cfg["train"]["conv"], fuse_bn=True)
     return space, model
 
 

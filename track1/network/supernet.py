@@ -88,6 +88,11 @@ class SuperNet(nn.Layer):
         """Logits from the last block's output: global average pool, then the classifier."""
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
+    def parts_of(self, widths_list: Sequence[Widths]) -> list[tuple["SuperNet", list[Widths]]]:
+        """(supernet, subnets) pairs to score, one for each set of weights (a few-shot supernet has
+        one per group: track1.network.fewshot); here the one."""
+        return [(self, list(widths_list))]
+
     def bn_layers(self) -> list[DynamicBatchNorm2D]:
         return [m for m in self.sublayers() if isinstance(m, DynamicBatchNorm2D)]
 

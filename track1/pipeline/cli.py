@@ -11,7 +11,7 @@ from track1.pipeline.config import check, load_config, run_dir
 
 
 # Commands that run networks: they take run.device (the others only read and write files).
-COMPUTES = {"pretrain", "train", "score", "proxies", "standalone", "preflight"}
+COMPUTES = {"pretrain", "train", "fewshot", "score", "proxies", "standalone", "preflight"}
 
 
 
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="continue from the stage's latest checkpoint")
     c = command("train", "train the supernet (no ground truth is read: it takes none)")
     c.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    command("fewshot", "split the trained supernet into few-shot sub-supernets and train them (fewshot.enabled)")
     c = command("score", "score every code of an architecture list with the trained supernet")
     c.add_argument("--arch-list", default=None, help="official-format JSON (default: score.arch_list)")
     c.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
@@ -90,6 +91,12 @@ def cmd_train(cfg: dict, args) -> None:
     if final is not None:  # None on the ranks other than 0 of a distributed run
         top1 = read_meta(final).get("val_top1")
         print(f"trained: {final}" + (f": {describe_health(top1)}" if top1 else ""))
+
+
+def cmd_fewshot(cfg: dict, args) -> None:
+    from track1.pipeline.fewshot import fewshot
+    final, what = fewshot(cfg)
+    print(f"fewshot: {what}" + (f" -> {final}" if final else ""))
 
 
 def cmd_score(cfg: dict, args) -> None:

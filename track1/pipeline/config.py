@@ -21,9 +21,9 @@ NOT_RESULT_KEYS = {"run.name", "run.output_dir", "run.threads", "run.device", "d
                    "data.shared_memory", "train.log_every", "train.save_every_steps", "train.max_steps",
                    "train.visualdl", "train.eval_images", "train.eval_subnets", "score.chunk_images",
                    "standalone.log_every", "standalone.visualdl"}
-# Sections the training fingerprint leaves out: how a trained supernet is scored, submitted and
-# checked, and the stand-alone ground truth, never change the weights.
-NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor"}
+# Sections the training fingerprint leaves out: how a trained supernet is scored, submitted, checked
+# and split afterwards (each split step is a run of its own), and the stand-alone ground truth.
+NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot"}
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
@@ -230,6 +230,7 @@ def _schema() -> dict[str, tuple]:
     from track1.pipeline import runtime
     from track1.pipeline.optim import OPTIMIZERS
     from track1.ranking.proxy_runs import INPUTS
+    from track1.space.split import SPLITS
     one_of = lambda *c: ("one of", tuple(c[0]) if len(c) == 1 else c)  # noqa: E731
     at_least = lambda n: (">=", n)  # noqa: E731
     schema = {
@@ -277,6 +278,8 @@ def _schema() -> dict[str, tuple]:
         "standalone.val_images": at_least(0), "standalone.num_codes": at_least(0),
         "standalone.log_every": at_least(1), "standalone.optimizer": one_of(OPTIMIZERS),
         "standalone.min_lr": at_least(0), "train.distill.weight": at_least(0),
+        "fewshot.split": one_of(SPLITS), "fewshot.stage": ("in", 2, 4), "fewshot.epochs": at_least(1),
+        "fewshot.lr": at_least(0),
         "pretrain.epochs": at_least(1), "pretrain.max_steps": at_least(0), "pretrain.optimizer": one_of(OPTIMIZERS),
         "pretrain.lr": at_least(0), "pretrain.min_lr": at_least(0), "pretrain.momentum": ("in", 0, 1),
         "pretrain.weight_decay": at_least(0), "pretrain.warmup_epochs": at_least(0),

@@ -10,9 +10,10 @@ from pathlib import Path
 from track1.data import calibration_batches, validation_batches
 from track1.errors import ConfigError
 from track1.files import digest, write_json
-from track1.network.build import build_supernet
+from track1.network.build import build_fewshot, build_supernet
 from track1.pipeline import checkpoint
 from track1.pipeline.config import run_dir, section_keys
+from track1.pipeline.fewshot import final_checkpoint, split_config, steps_of
 from track1.ranking.scoring import score_list, shard_keys
 from track1.ranking.submission import (SubmissionError, break_ties, demo_arch_list, load_arch_list,
                                        merge_shards, write_arch_list, write_submission)
@@ -37,10 +38,13 @@ def arch_list(cfg: dict, given: str | None, official: bool = False) -> tuple[dic
 
 
 def find_checkpoint(cfg: dict, given: str | None) -> Path:
-    """--checkpoint, else score.checkpoint, else the run's latest."""
+    """--checkpoint, else score.checkpoint, else the run's latest (its last few-shot split step's,
+    with fewshot.enabled)."""
     path = given or cfg["score"]["checkpoint"]
     if path:
         return Path(path)
+    if cfg["fewshot"]["enabled"]:
+        return final_checkpoint(cfg)[0]
     last = checkpoint.latest(run_dir(cfg))
     if last is None:
         raise checkpoint.CheckpointError(f"{run_dir(cfg)}: no checkpoint; run `train` first")
@@ -50,9 +54,12 @@ def find_checkpoint(cfg: dict, given: str | None) -> Path:
 def score_settings(cfg: dict, ckpt: Path) -> dict:
     """Everything that changes a score: the checkpoint, how codes are scored, and the images."""
     meta = checkpoint.read_meta(ckpt)
-    return {"checkpoint": str(Path(ckpt).resolve()), "config_hash": meta.get("config_hash"),
-            "step": meta.get("step"), "space": cfg["space"], "data": section_keys(cfg, "data"),
-            "score": {k: cfg["score"][k] for k in SCORE_KEYS}}
+    settings = {"checkpoint": str(Path(ckpt).resolve()), "config_hash": meta.get("config_hash"),
+                "step": meta.get("step"), "space": cfg["space"], "data": section_keys(cfg, "data"),
+                "score": {k: cfg["score"][k] for k in SCORE_KEYS}}
+    if meta.get("split"):  # a few-shot supernet: each code on its group's weights
+        settings["split"] = meta["split"]
+    return settings
 
 
 def scores_path(cfg: dict, list_name: str, ckpt: Path, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -80,8 +87,7 @@ def score(cfg: dict, given_list: str | None, given_checkpoint: str | None,
     """Score this shard of the list with the checkpoint: (checkpoint, score log, key -> record)."""
     codes, name = arch_list(cfg, given_list, official=True)
     ckpt = find_checkpoint(cfg, given_checkpoint)
-    space, model = build_supernet(cfg)
-    checkpoint.load_weights(ckpt, model, cfg)
+    space, model = load_supernet(cfg, ckpt)
     codes = {k: codes[k] for k in shard_keys(list(codes), *shard)}
     out = scores_path(cfg, name, ckpt, shard)
     if not out.with_suffix(".settings.json").exists():  # beside the log, to tell logs apart
@@ -89,6 +95,27 @@ def score(cfg: dict, given_list: str | None, given_checkpoint: str | None,
     records = score_list(model, space, codes, calibration_batches(cfg), validation_batches(cfg), out,
                          cfg["score"]["mode"], cfg["score"]["chunk_images"])
     return ckpt, out, records
+
+
+def load_supernet(cfg: dict, ckpt: Path):
+    """(space, the checkpoint's supernet): a few-shot one (of the split its meta names) or not; a
+    checkpoint of another split or config is refused in one line."""
+    split = checkpoint.read_meta(ckpt).get("split")
+    if not cfg["fewshot"]["enabled"]:
+        if split:
+            raise checkpoint.CheckpointError(f"{ckpt}: a few-shot checkpoint (split {split}), but fewshot.enabled "
+                                             f"is false in this config")
+        space, model = build_supernet(cfg)
+        checkpoint.load_weights(ckpt, model, cfg)
+        return space, model
+    wanted = steps_of(cfg)[-1]
+    if split != wanted.name:
+        raise checkpoint.CheckpointError(f"{ckpt}: a checkpoint of split {split or 'none (one-shot)'}, this "
+                                         f"config scores with split {wanted.name}")
+    sc = split_config(cfg, wanted)
+    space, model = build_fewshot(sc, wanted)
+    checkpoint.load_weights(ckpt, model, sc)
+    return space, model
 
 
 def submit(cfg: dict, given_list: str | None, given_checkpoint: str | None, out: str | None) -> tuple[Path, int]:

@@ -20,28 +20,31 @@ from track1.pipeline.config import run_dir
 from track1.pipeline.progress import Progress
 from track1.pipeline.trainer import Trainer
 from track1.ranking.health import describe_health, health, health_sets
+from track1.space.split import Split, split_steps
 
 
-def train(cfg: dict, resume: bool = False, progress: bool = True) -> Path | None:
-    """Train the supernet of cfg; the final checkpoint directory (None on ranks other than 0)."""
+def train(cfg: dict, resume: bool = False, progress: bool = True, split: Split | None = None,
+          initial_state: dict | None = None) -> Path | None:
+    """Train the supernet of cfg (a few-shot supernet of `split`, starting from `initial_state`:
+    track1.pipeline.fewshot); the final checkpoint directory (None on ranks other than 0)."""
     # Optimizer accumulators get global names when first used; a fresh name scope makes them the
     # same in every process and every call, so a saved optimizer state always loads.
     with paddle.utils.unique_name.guard():
-        return _train(cfg, resume, progress)
+        return _train(cfg, resume, progress, split, initial_state)
 
 
-def _train(cfg: dict, resume: bool, progress: bool) -> Path | None:
+def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial_state: dict | None) -> Path | None:
     out, t = run_dir(cfg), cfg["train"]
     rank, world = distributed()
     main = rank == 0
     data = TrainData(cfg, rank=rank, world_size=world)
     spe = data.steps_per_epoch
-    trainer = Trainer(cfg, spe, world, out)
+    trainer = Trainer(cfg, spe, world, out, split, initial_state)
     if main:
         print(runtime.describe(world, trainer.precision.mode, trainer.precision.device_note()))
         for line in trainer.notes() + runtime.shared_memory_notes(cfg):
             print(line)
-    stop_at = min(trainer.total_steps, t["max_steps"]) if t["max_steps"] > 0 else trainer.total_steps
+    stop_at = min(trainer.total_steps, max_steps(cfg)) if t["max_steps"] > 0 else trainer.total_steps
     step, seconds_before = resume_from(cfg, out, trainer, world, spe, resume, main, stop_at)
     if step >= stop_at:
         return checkpoint.latest(out)
@@ -51,7 +54,7 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path | None:
 
     def save(tag: str, health_top1: dict | None = None) -> Path | None:
         meta = {"step": step, "epoch": step / spe, "steps_per_epoch": spe, "world_size": world,
-                "finished": step >= stop_at, "val_top1": health_top1,
+                "finished": step >= stop_at, "val_top1": health_top1, "split": split and split.name,
                 "train_seconds": round(seconds_before + time.perf_counter() - started, 3)}
         return save_checkpoint(cfg, out, tag, trainer, meta, world, main)
 
@@ -95,6 +98,14 @@ def _train(cfg: dict, resume: bool, progress: bool) -> Path | None:
             final = save(f"step_{step:07d}")
     report.close()
     return final if final is not None or not main else checkpoint.latest(out)
+
+
+def max_steps(cfg: dict) -> int:
+    """This run's share of train.max_steps, which caps the whole of a few-shot run: the one-shot
+    training and each split step (track1.pipeline.fewshot) take an equal share."""
+    f = cfg["fewshot"]
+    phases = 1 + (len(split_steps(f["split"], f["stage"], f["groups"])) if f["enabled"] else 0)
+    return max(1, cfg["train"]["max_steps"] // phases)
 
 
 def distributed() -> tuple[int, int]:

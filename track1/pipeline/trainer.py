@@ -11,11 +11,12 @@ from track1.methods.base import RunContext
 from track1.methods.registry import build_methods
 from track1.methods.sampling import parse_phases, phase_at, uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
-from track1.network.build import build_supernet
+from track1.network.build import build_fewshot, build_supernet
 from track1.network.pretrained import init_path, load_full_network
 from track1.network.precision import Precision
 from track1.pipeline.optim import build_optimizer
 from track1.space import Subspace
+from track1.space.split import Split
 
 
 class Trainer:
@@ -25,33 +26,40 @@ class Trainer:
     only where a step can leave some unused (uses_every_parameter).
     """
 
-    def __init__(self, cfg: dict, steps_per_epoch: int, world: int = 1, run_dir: Path | None = None):
+    def __init__(self, cfg: dict, steps_per_epoch: int, world: int = 1, run_dir: Path | None = None,
+                 split: Split | None = None, initial_state: dict | None = None):
+        """split: train a few-shot supernet of it, each step one group's subnets in turn
+        (track1.pipeline.fewshot); initial_state: its weights at the start of a new run."""
         t = self.t = cfg["train"]
-        self.cfg, self.run_dir = cfg, run_dir
-        self.space, self.model = build_supernet(cfg)
+        self.cfg, self.run_dir, self.split, self.initial_state = cfg, run_dir, split, initial_state
+        self.space, self.model = build_supernet(cfg) if split is None else build_fewshot(cfg, split)
         self.total_steps = steps_per_epoch * t["epochs"]
         self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
         self.precision = Precision(t["amp"])
         self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
         self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
-        self.net = (paddle.DataParallel(self.model, find_unused_parameters=not uses_every_parameter(t["sampler"]))
-                    if world > 1 else self.model)
+        unused = split is not None or not uses_every_parameter(t["sampler"])  # other groups' weights too
+        self.net = paddle.DataParallel(self.model, find_unused_parameters=unused) if world > 1 else self.model
 
     def start(self) -> None:
         """A fresh run begins: the supernet from train.init_from (or the pretrain stage's file), its
         mid channels reordered if asked, and each method's own start (a frozen teacher's weights)."""
         path = init_path(self.cfg, self.run_dir) if self.run_dir is not None else self.cfg["train"]["init_from"]
-        if path:
+        if self.initial_state is not None:
+            self.model.set_state_dict(self.initial_state)
+        elif path:
             load_full_network(self.model, path, self.t["init_reorder"])
         for m in self.methods:
             m.start()
 
     def within(self, step: int) -> tuple[Subspace, int | None]:
-        """The part of the space this step draws from, and its progressive-shrinking phase (None: off)."""
+        """The part of the space this step draws from (a few-shot split: its groups in turn), and its
+        progressive-shrinking phase (None: off)."""
+        base = Subspace.official() if self.split is None else self.split.groups[step % len(self.split.groups)]
         if not self.phases:
-            return Subspace.official(), None
+            return base, None
         i = phase_at(self.phases, step, self.total_steps)
-        return Subspace.official().restrict(self.phases[i].min_depths, self.phases[i].max_codes), i
+        return base.restrict(self.phases[i].min_depths, self.phases[i].max_codes), i
 
     def subnets(self, step: int):
         within, phase = self.within(step)

@@ -26,7 +26,8 @@ def score_shared(model: SuperNet, widths_list: list[Widths], calib: Iterable, va
     widths_list = list(dict.fromkeys(widths_list))
     found = {}
     if len(val):
-        found = {w: (c, s, n) for w, c, s, n in tree_sums(model, widths_list, calib, val, chunk_images)}
+        found = {w: (c, s, n) for part, ws in model.parts_of(widths_list)
+                 for w, c, s, n in tree_sums(part, ws, calib, val, chunk_images)}
     # correct images (exact integers), loss sum, images per subnet
     sums = np.array([found.get(w, (0, 0.0, 0)) for w in widths_list], dtype="float64")
     if world > 1:
@@ -57,10 +58,11 @@ def score_list(model: SuperNet, space: SearchSpace, codes: dict[str, str], calib
     pending = []  # keys whose network an earlier run already scored under another key
     for w in [w for w in todo if w in known]:
         pending += [_record(k, codes[k], *known[w], 0.0) for k in todo.pop(w)]
+    parts = model.parts_of(list(todo))  # one set of weights each (a few-shot supernet's groups)
     if mode == "tree":
-        results = score_tree(model, list(todo), calib, val, chunk_images)
+        results = (r for part, ws in parts for r in score_tree(part, ws, calib, val, chunk_images))
     elif mode == "per_code":
-        results = ((w, *score_widths(model, w, calib, val)) for w in todo)
+        results = ((w, *score_widths(part, w, calib, val)) for part, ws in parts for w in ws)
     else:
         raise ValueError(f"unknown scoring mode {mode!r}: expected tree or per_code")
     bar = tqdm(total=len(codes), initial=len(codes) - sum(map(len, todo.values())), desc="score",

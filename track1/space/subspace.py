@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from track1.space.code import DEPTH_CHOICES, OFFICIAL_CHOICES, Arch, tied
+from track1.space.code import DEPTH_CHOICES, OFFICIAL_CHOICES, Arch, official_problem, tied
 
 Choices = tuple[tuple[int, ...], ...]  # per stage, the allowed values in ascending order
 
@@ -62,7 +62,7 @@ class Subspace:
                 return tied(depths, outs, mids)
 
     def contains(self, arch: Arch) -> bool:
-        if arch.depths not in self.depth_patterns():
+        if official_problem(arch) is not None or arch.depths not in self.depth_patterns():
             return False
         for stage, pairs in enumerate(arch.blocks):
             if any(out not in self.outs[stage] or mid not in self.mids[stage] for mid, out in pairs):

@@ -1,0 +1,136 @@
+"""Few-shot supernets: the splits, inheritance, routing in both scoring modes, resume, refusals."""
+import numpy as np
+import paddle
+import pytest
+
+from conftest import tiny_config
+from track1.network.fewshot import FewShotSupernet
+from track1.network.supernet import SuperNet
+from track1.pipeline import checkpoint, runs
+from track1.pipeline.fewshot import fewshot, inherit, split_config
+from track1.pipeline.train import train
+from track1.ranking.evaluate import score_widths
+from track1.ranking.scoring import score_list
+from track1.ranking.submission import demo_arch_list
+from track1.space import Arch, CodeError, SearchSpace, parse
+from track1.space.split import depth_split, parents, width_split
+
+SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
+
+
+def test_width_split_groups_and_their_parents():
+    """The 4th place's peel rule: n groups give codes 1 .. n-1 one each, the rest group 0."""
+    assert [g.outs[3] for g in width_split(4, 3).groups] == [(3, 4, 5, 6, 7), (2,), (1,)]
+    assert parents(width_split(4, 3), width_split(4, 2)) == [0, 0, 1]
+    assert parents(width_split(4, 4), width_split(4, 3)) == [0, 0, 1, 2]
+    codes = list(demo_arch_list(300, 1, SPACE).values())
+    for split in (width_split(4, 6), width_split(2, 3), depth_split()):
+        for code in codes:  # every code in exactly one group, found from its widths too
+            arch = parse(code)
+            assert sum(g.contains(arch) for g in split.groups) == 1
+            assert split.group_of_widths(SPACE.widths(arch), SPACE) == split.group_of(arch)
+    a = parse(next(c for c in codes if parse(c).depths[3] >= 2))
+    out = a.blocks[3][0][1]
+    untied = Arch(1, a.depths, a.stem_ratio, a.blocks[:3] + (a.blocks[3][:1] + ((1, 1 + out % 7),) + a.blocks[3][2:],))
+    with pytest.raises(CodeError, match=f"code {untied.code} fits no group of the few-shot split width4x6"):
+        width_split(4, 6).group_of(untied)
+
+
+def test_a_split_copies_its_parents_weights_exactly():
+    paddle.seed(0)
+    one_shot = SuperNet(SPACE)
+    first = FewShotSupernet(SPACE, width_split(4, 2))
+    first.set_state_dict(inherit(one_shot.state_dict(), None, width_split(4, 2)))
+    for part in first.parts:
+        for k, v in one_shot.state_dict().items():
+            np.testing.assert_array_equal(part.state_dict()[k].numpy(), v.numpy())
+    # Make the two groups differ, then grow to 3 groups: each child is the parent group of its codes.
+    for p in first.parts[1].parameters():
+        p.set_value(p + 1.0)
+    second = FewShotSupernet(SPACE, width_split(4, 3))
+    second.set_state_dict(inherit(first.state_dict(), width_split(4, 2), width_split(4, 3)))
+    for child, parent in zip(second.parts, (0, 0, 1)):
+        for k, v in first.parts[parent].state_dict().items():
+            np.testing.assert_array_equal(child.state_dict()[k].numpy(), v.numpy())
+
+
+def test_each_code_is_scored_by_its_groups_weights_in_both_modes(tmp_path):
+    paddle.seed(1)
+    model = FewShotSupernet(SPACE, width_split(4, 3), conv="fast")
+    for g, part in enumerate(model.parts):  # three different sub-supernets
+        for p in part.parameters():
+            p.set_value(p * (1.0 + 0.2 * g))
+    codes = demo_arch_list(12, 4, SPACE)
+    rng = np.random.default_rng(0)
+    calib = [paddle.to_tensor(rng.normal(size=(8, 3, 32, 32)).astype("float32"))]
+    x = paddle.to_tensor(rng.normal(size=(16, 3, 32, 32)).astype("float32"))
+    val = [(x, paddle.to_tensor(rng.integers(0, 10, 16), dtype="int64"))]
+    listed = {mode: score_list(model, SPACE, codes, calib, val, tmp_path / f"{mode}.jsonl", mode, 1024,
+                               progress=False) for mode in ("tree", "per_code")}
+    for key, code in codes.items():
+        w = SPACE.widths(code)
+        part = model.parts[model.group_of(w)]
+        acc, loss = score_widths(part, w, calib, val)
+        for mode in ("tree", "per_code"):
+            assert listed[mode][key]["acc"] == acc
+            assert listed[mode][key]["loss"] == pytest.approx(loss, rel=1e-5)
+        alone = score_list(model, SPACE, {key: code}, calib, val, tmp_path / f"alone_{key}.jsonl", "tree", 1024,
+                           progress=False)
+        assert alone[key]["acc"] == acc and alone[key]["loss"] == pytest.approx(listed["tree"][key]["loss"], rel=1e-6)
+    assert len({model.group_of(SPACE.widths(c)) for c in codes.values()}) == 3  # every group scored
+
+
+FEW = ["fewshot.enabled=true", "fewshot.groups=[2, 3]", "fewshot.epochs=1", "train.epochs=1",
+       "train.max_steps=12", "train.save_every_steps=3"]
+
+
+def _weights(path):
+    return {k: np.asarray(v) for k, v in paddle.load(str(path / "model.pdparams")).items()}
+
+
+def test_a_few_shot_run_killed_mid_split_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+    # The reference: one-shot (4 steps: a third of max_steps), then two split steps of 4 steps each.
+    ref = tiny_config(tmp_path / "a", *FEW)
+    assert train(ref, progress=False) is not None
+    full, what = fewshot(ref, progress=False)
+    assert "2 split step(s), the last width4x3 with 3 groups" in what
+    assert checkpoint.read_meta(full)["step"] == 4 and checkpoint.read_meta(full)["split"] == "width4x3"
+    # The same run killed in its second split step, then run again.
+    cfg = tiny_config(tmp_path / "b", *FEW)
+    train(cfg, progress=False)
+    from track1.pipeline import trainer as trainer_mod
+    real, calls = trainer_mod.Trainer.step, []
+
+    def dying(self, *a, **k):
+        if self.split is not None and self.split.name == "width4x3" and len(calls) == 3:
+            raise KeyboardInterrupt
+        if self.split is not None and self.split.name == "width4x3":
+            calls.append(1)
+        return real(self, *a, **k)
+    monkeypatch.setattr(trainer_mod.Trainer, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fewshot(cfg, progress=False)
+    monkeypatch.setattr(trainer_mod.Trainer, "step", real)
+    resumed, _ = fewshot(cfg, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("parts.2.") for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # Scoring takes the last split step's checkpoint and names the split in its settings.
+    assert runs.find_checkpoint(cfg, None) == resumed
+    assert runs.score_settings(cfg, resumed)["split"] == "width4x3"
+    # A checkpoint of another split is refused in one line.
+    other = tiny_config(tmp_path / "b", *FEW[:1], "fewshot.groups=[2, 3, 4]", *FEW[2:])
+    with pytest.raises(checkpoint.CheckpointError, match="a checkpoint of split width4x3, this config scores "
+                                                         "with split width4x4"):
+        runs.load_supernet(other, resumed)
+    with pytest.raises(checkpoint.CheckpointError, match="few-shot checkpoint .* fewshot.enabled is false"):
+        runs.load_supernet(tiny_config(tmp_path / "b"), resumed)
+    assert split_config(cfg, width_split(4, 3))["train"]["max_steps"] == 4
+
+
+def test_fewshot_needs_a_finished_one_shot_supernet(tmp_path):
+    from track1.errors import UserError
+    with pytest.raises(UserError, match="one-shot supernet is not trained to its end; run `train` first"):
+        fewshot(tiny_config(tmp_path, *FEW), progress=False)
+    assert fewshot(tiny_config(tmp_path), progress=False) == (None, "skipped: fewshot.enabled is false")
