@@ -101,8 +101,7 @@ def test_the_first_places_rule_keeps_the_largest_of_its_pool():
     from track1.space import Subspace, official_problem
     bias, within = Bias("top_of", pool=50), Subspace.official()
     kept = bias.draw(within, np.random.default_rng(3), 4, step=1)
-    again = np.random.default_rng(3)  # the same generator: the same pool
-    pool = [within.sample(again) for _ in range(50)]
+    pool = within.sample_many(np.random.default_rng(3), 50)  # the same generator: the same pool
     assert kept == sorted(dict.fromkeys(pool), key=lambda a: (-fuxi_size(a), a.code))[:4]
     assert len(bias.draw(within, np.random.default_rng(3), 4, step=3)) == 5  # every third step one more
     draws = [a for s in range(1, 200) if s % 3 for a in bias.draw(within, np.random.default_rng(s), 4, s)]

@@ -141,3 +141,19 @@ def test_analytic_counts_equal_paddle_flops_and_params(width_mult, resolution, c
 def test_hamming_counts_code_positions_after_the_depths():
     other = EXAMPLE[:5] + "1" + EXAMPLE[6:]
     assert hamming(EXAMPLE, EXAMPLE) == 0 and hamming(EXAMPLE, other) == 1
+
+
+def test_many_draws_at_once_have_the_distribution_of_single_draws():
+    """Subspace.sample_many (biased sampling's pools) against sample: each stage's depth and output
+    code, and the mid codes, uniform over the choices; every draw in the official sub-space."""
+    import numpy as np
+
+    from track1.space import DEPTH_CHOICES, OFFICIAL_CHOICES, Subspace, official_problem
+    many = Subspace.official().sample_many(np.random.default_rng(0), 4000)
+    assert len(many) == 4000 and all(official_problem(a) is None for a in many)
+    for s in range(4):
+        depth = np.array([sum(a.depths[s] == d for a in many) for d in DEPTH_CHOICES[s]]) / 4000
+        out = np.array([sum(a.blocks[s][0][1] == c for a in many) for c in OFFICIAL_CHOICES[s]]) / 4000
+        mid = np.array([sum(p[0] == c for a in many for p in a.blocks[s]) for c in OFFICIAL_CHOICES[s]], float)
+        for freq in (depth, out, mid / mid.sum()):
+            np.testing.assert_allclose(freq, 1 / len(freq), atol=0.03)

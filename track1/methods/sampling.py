@@ -46,7 +46,7 @@ class Bias:
         if self.rule == "tilt":
             return [tilted_sample(within, rng, self.temperature) for _ in range(n)]
         if self.rule == "top_of":
-            pool = [within.sample(rng) for _ in range(self.pool)]
+            pool = within.sample_many(rng, self.pool)
             kept = sorted(dict.fromkeys(pool), key=lambda a: (-fuxi_size(a), a.code))[:n]
             return kept + ([within.sample(rng)] if step % 3 == 0 else [])
         return [within.sample(rng) for _ in range(n)]

@@ -61,6 +61,21 @@ class Subspace:
             if self.patterns is None or depths in self.patterns:
                 return tied(depths, outs, mids)
 
+    def sample_many(self, rng: np.random.Generator, n: int) -> list[Arch]:
+        """n uniform draws at once (the same distribution as `sample`, other draws: vectorised, for
+        the large pools of biased sampling)."""
+        out: list[Arch] = []
+        while len(out) < n:
+            depths = np.stack([rng.choice(c, size=n) for c in self.depths], axis=1)
+            outs = np.stack([rng.choice(c, size=n) for c in self.outs], axis=1)
+            mids = [rng.choice(self.mids[s], size=(n, max(c))) for s, c in enumerate(self.depths)]
+            for i in range(n):
+                d = tuple(int(v) for v in depths[i])
+                if self.patterns is None or d in self.patterns:
+                    out.append(tied(d, tuple(int(v) for v in outs[i]),
+                                    tuple(tuple(int(v) for v in mids[s][i, :k]) for s, k in enumerate(d))))
+        return out[:n]
+
     def contains(self, arch: Arch) -> bool:
         if official_problem(arch) is not None or arch.depths not in self.depth_patterns():
             return False
