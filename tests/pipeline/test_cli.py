@@ -279,4 +279,4 @@ def test_run_sh_runs_each_winning_teams_preset_capped_by_max_steps(tmp_path, pre
     assert runs_done and all(s > 0 for s in runs_done) and sum(runs_done) <= 12
     if preset.startswith("fewshot"):
         assert "fewshot: " in done.stdout and "split step(s)" in done.stdout
-        assert len(runs_done) == (6 if preset == "fewshot_width" else 2)  # one-shot + its split steps
+        assert len(runs_done) == (4 if preset == "fewshot_width" else 2)  # one-shot + its split steps
