@@ -202,6 +202,7 @@ def test_eval_sets_are_lazy_uint8_sequences(tmp_path):
     for (ax, ay), (bx, by) in zip(*passes):
         assert np.array_equal(ax, bx) and np.array_equal(ay, by)
     np.testing.assert_array_equal(passes[0][0][0], fmnist.fmnist_to_tensor(images[:4]).numpy())
+    np.testing.assert_array_equal(passes[0][0][1].reshape(-1), np.asarray(labels[:4]).reshape(-1))
 
 
 def test_scorers_take_the_lazy_sets_like_lists(tmp_path):

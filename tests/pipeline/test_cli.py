@@ -237,20 +237,22 @@ def test_run_sh_rejects_an_unknown_device(tmp_path):
     assert r.returncode == 2 and "DEVICE must be cpu, gpu or auto" in r.stderr
 
 
-def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
-    """configs/finetune.yaml end to end at tiny sizes: prepare, pretrain, train, score, submit."""
+def _run_preset_tiny(tmp_path, preset: str, name: str, *sections: str):
+    """bash run.sh on a preset at tiny sizes (width 0.125, 128 images, 5 codes), sections added."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"_base_: {REPO / 'configs' / 'finetune.yaml'}\n"
-                   f"run: {{name: ft, output_dir: {tmp_path / 'out'}, threads: 1}}\n"
-                   "space: {width_mult: 0.125}\n"
-                   "data: {train_size: 128, batch_size: 32}\n"
-                   "pretrain: {epochs: 1}\n"
-                   "train: {epochs: 1, eval_images: 100}\n"
-                   "score: {calib_images: 32, calib_batch: 32, val_images: 100, eval_batch: 100}\n"
-                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
+    cfg.write_text("\n".join([f"_base_: {REPO / 'configs' / (preset + '.yaml')}",
+                              f"run: {{name: {name}, output_dir: {tmp_path / 'out'}, threads: 1}}",
+                              "space: {width_mult: 0.125}", "data: {train_size: 128, batch_size: 32}",
+                              "score: {calib_images: 32, calib_batch: 32, val_images: 100, eval_batch: 100}",
+                              f"submit: {{dir: {tmp_path / 'submit'}}}", *sections]) + "\n")
     arch = tmp_path / "list.json"
     write_arch_list(arch, demo_arch_list(5, 3))
-    done = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    return _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+
+
+def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
+    """configs/finetune.yaml end to end at tiny sizes: prepare, pretrain, train, score, submit."""
+    done = _run_preset_tiny(tmp_path, "finetune", "ft", "pretrain: {epochs: 1}", "train: {epochs: 1, eval_images: 100}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pretrain: trained the full network" in done.stdout
     assert (tmp_path / "out" / "ft" / "pretrained" / "resnet48.pdparams").exists()
@@ -261,17 +263,7 @@ def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
 
 @pytest.mark.parametrize("preset", ["fewshot_width", "fewshot_depth", "progressive", "biased"])
 def test_run_sh_runs_each_winning_teams_preset_capped_by_max_steps(tmp_path, preset):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"_base_: {REPO / 'configs' / (preset + '.yaml')}\n"
-                   f"run: {{name: p, output_dir: {tmp_path / 'out'}, threads: 1}}\n"
-                   "space: {width_mult: 0.125}\n"
-                   "data: {train_size: 128, batch_size: 32}\n"
-                   "train: {eval_images: 100, max_steps: 12}\n"
-                   "score: {calib_images: 32, calib_batch: 32, val_images: 100, eval_batch: 100}\n"
-                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
-    arch = tmp_path / "list.json"
-    write_arch_list(arch, demo_arch_list(5, 3))
-    done = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
+    done = _run_preset_tiny(tmp_path, preset, "p", "train: {eval_images: 100, max_steps: 12}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "submit" / "p.json").exists()
     # train.max_steps caps the whole run: the one-shot run and every split step together.

@@ -69,3 +69,13 @@ def test_commands_do_not_print_paddles_misleading_notices(tmp_path):
     assert "OMP_NUM_THREADS set to" not in done.stderr and "WISELY" not in done.stderr
     assert "No ccache found" not in done.stderr
     assert "data: fashion_mnist ready" in done.stdout
+
+
+def test_proc_bytes_reads_a_kb_field_and_is_zero_where_there_is_none(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    assert runtime.proc_bytes(str(status), "VmHWM") == 2048 * 1024
+    assert runtime.proc_bytes(str(status), "VmRSS") == 1024 * 1024
+    assert runtime.proc_bytes(str(status), "VmSwap") == 0
+    assert runtime.proc_bytes(str(tmp_path / "absent"), "VmHWM") == 0
+    assert runtime.proc_bytes("/proc/self/status", "VmRSS") > 10 * 2 ** 20  # this process, Paddle imported

@@ -1,2 +1,3 @@
-"""Training methods: which subnets a step trains (sampling), their losses (losses), the RD-NAS teacher
-(teacher) and Cream's prioritized paths (board, matcher, cream)."""
+"""Training methods: the seam a method plugs into (base), the step (step), which subnets it trains (sampling), the
+losses (losses), and the methods a config turns on (registry): RD-NAS (ranking, its teacher), Cream (cream, board,
+matcher) and distillation from a frozen full network (distill)."""

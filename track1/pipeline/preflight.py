@@ -187,19 +187,11 @@ def _host_ram(cfg: dict, world: int) -> Check:
 
 
 def _meminfo(field: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return runtime.proc_bytes("/proc/meminfo", field)
 
 
 def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return runtime.proc_bytes("/proc/self/status", field)
 
 
 def _free(path: str) -> int:

@@ -139,5 +139,13 @@ class PeakMemory:
         if self.gpu:
             self.bytes = paddle.device.cuda.max_memory_allocated()
             return
-        with open("/proc/self/status") as f:
-            self.bytes = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        self.bytes = proc_bytes("/proc/self/status", "VmHWM")
+
+
+def proc_bytes(path: str, field: str) -> int:
+    """A `Field: N kB` line of a /proc file (status, meminfo), in bytes; 0 where it is absent."""
+    try:
+        with open(path) as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":")), 0)
+    except OSError:
+        return 0

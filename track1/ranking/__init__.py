@@ -1,2 +1,3 @@
-"""Ranking architectures: scoring with the supernet (scoring, tree), zero-cost proxies (proxies, proxy_runs,
-double_backward), rank metrics (metrics), architecture lists and submissions (submission)."""
+"""Ranking architectures: a subnet's accuracy with the supernet (evaluate), prefix-shared scoring (trie, tree), scoring a
+list (scoring), the supernet's health check (health), zero-cost proxies and their ensembles (proxies, double_backward,
+proxy_runs, ensemble), rank metrics (metrics), architecture lists and submissions (submission)."""

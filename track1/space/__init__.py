@@ -1,5 +1,6 @@
-"""The search space: the official code (code), the networks it describes (geometry), their cost (cost),
-and the space at a width multiplier with the official list's distribution (search_space)."""
+"""The search space: the official code (code), the networks it describes (geometry), their cost (cost), the space at a
+width multiplier (search_space), parts of the official sub-space and uniform draws from them (subspace), and its
+few-shot splits into groups (split)."""
 from track1.space.code import (CODE_LENGTH, DEPTH_CHOICES, MAX_DEPTHS, OFFICIAL_CHOICES, RATIOS, RESOLUTIONS,
                                STAGE_OFFSETS, Arch, CodeError, hamming, official_problem, parse,
                                parse_official, tied)
