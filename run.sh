@@ -74,9 +74,10 @@ echo "$DEVICE" > "$VENV/.device"
 # Threads: each process takes run.threads, or its share of the cores among the NPROC local ranks
 # (track1/pipeline/runtime.py); an exported OMP_NUM_THREADS wins.
 NPROC=${NPROC:-1}
+# Unchecked here: checking imports Paddle, before the thread count is set. Each stage checks the config.
 RUN_DIR=$("$PY" -c 'import sys; from track1.pipeline.config import load_config, run_dir
 o = [a for a in sys.argv[2:] if a != "-o"]
-print(run_dir(load_config(sys.argv[1], o)))' "$CONFIG" "${OVERRIDES[@]}")
+print(run_dir(load_config(sys.argv[1], o, checked=False)))' "$CONFIG" "${OVERRIDES[@]}")
 mkdir -p "$RUN_DIR/stages"
 
 launch() {  # the training stages, score and preflight run under paddle.distributed.launch when NPROC > 1 (score: a shard per rank)

@@ -83,20 +83,25 @@ def cmd_pretrain(cfg: dict, args) -> None:
     print(f"pretrain: {what}" + (f" -> {written}" if written else ""))
 
 
-def cmd_train(cfg: dict, args) -> None:
+def _health_of(final) -> str:
+    """': val top-1 largest ...' of a final checkpoint's epoch-end check, or '' where it ran none."""
     from track1.pipeline.checkpoint import read_meta
-    from track1.pipeline.train import train
     from track1.ranking.health import describe_health
+    top1 = read_meta(final).get("val_top1")
+    return f": {describe_health(top1)}" if top1 else ""
+
+
+def cmd_train(cfg: dict, args) -> None:
+    from track1.pipeline.train import train
     final = train(cfg, resume=args.resume, progress=True)
     if final is not None:  # None on the ranks other than 0 of a distributed run
-        top1 = read_meta(final).get("val_top1")
-        print(f"trained: {final}" + (f": {describe_health(top1)}" if top1 else ""))
+        print(f"trained: {final}{_health_of(final)}")
 
 
 def cmd_fewshot(cfg: dict, args) -> None:
     from track1.pipeline.fewshot import fewshot
     final, what = fewshot(cfg)
-    print(f"fewshot: {what}" + (f" -> {final}" if final else ""))
+    print(f"fewshot: {what}" + (f" -> {final}{_health_of(final)}" if final else ""))
 
 
 def cmd_score(cfg: dict, args) -> None:
