@@ -260,6 +260,7 @@ def _schema() -> dict[str, tuple]:
         "train.cream.store_images": at_least(1), "train.cream.store_outputs": one_of("own", "teacher"),
         "train.cream.pick": one_of(matcher.PICK_MODES), "train.cream.top1_rho": ("in", 0, 2),
         "train.cream.meta_interval": ("in", 1e-9, 1), "train.cream.meta_order": one_of("after", "before"),
+        "train.cream.meta_every_steps": at_least(0),
         "train.cream.meta_lookahead": one_of(matcher.LOOKAHEADS), "train.cream.meta_batch": at_least(0),
         "train.cream.meta_features": one_of(matcher.FEATURES), "train.cream.meta_hidden": at_least(0),
         "train.cream.meta_init": one_of(matcher.INITS), "train.cream.meta_optimizer": one_of(matcher.OPTIMIZERS),
