@@ -277,6 +277,24 @@ def test_student_step_moves_only_the_listed_weights_with_the_clipped_gradient():
     assert all(p.grad is None for p in params)
 
 
+def test_board_outputs_are_one_forward_per_entry_over_its_own_images(net):
+    """Cream's select_teacher forwards each entry's stored images alone: under train-mode BN a
+    forward of all entries at once would normalise each by the others' statistics."""
+    b = PathBoard(capacity=3)
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        b.consider(0.5 + i / 10, 100, f"p{i}", (rng.standard_normal((4, 3, 32, 32)) * (i + 1)).astype("float32"),
+                   rng.dirichlet(np.ones(10), 4).astype("float32"))
+    widths = SPACE.widths(SPACE.largest())
+    got = M.student_logits_on_board(net, widths, b)
+    with paddle.no_grad(), M.preserved_buffers(net):
+        alone = [net(paddle.to_tensor(e.inputs), widths).numpy() for e in b.entries]
+        together = net(paddle.to_tensor(np.concatenate([e.inputs for e in b.entries])), widths).numpy()
+    for g, a in zip(got, alone):
+        np.testing.assert_allclose(g.numpy(), a, rtol=1e-5, atol=1e-6)
+    assert np.abs(together[:4] - alone[0]).max() > 1e-3
+
+
 # -- the matcher's look-ahead update --------------------------------------------------------------
 def settings(**kw):
     """Cream's settings: configs/default.yaml's train.cream (the project variant) with changes."""
