@@ -3,7 +3,7 @@
 Cream (Peng et al., NeurIPS 2020) keeps a board of the K best paths seen (track1/board.py) and,
 after a warm-up, distils each sampled path from one of them with losses.cream_loss; the teacher is
 the best board path ("top1") or the one a matching network picks ("meta", track1/matcher.py).
-The README's Cream section lists where `configs/cream_authors.yaml` and the project variant differ.
+docs/METHODS.md (Cream section) lists where `configs/cream_authors.yaml` and the project variant differ.
 """
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ class Cream(Method):
     teacher and computes the teacher's soft labels (`plan`), it sets the students' losses, offers
     each student to the board with its training logits (`observe`), and runs the matcher's update
     (`meta_step`) when due, before the forward or after the optimizer step (`settings.meta_order`).
-    Warm-up and matcher interval are fractions of the run, so they mean the same on any run length.
+    With rho_grad (Cream's code) each student's rho keeps its graph, so the step's backward also
+    gives the matcher a gradient, which its optimizer takes after the step (`matcher_main_step`).
+    The warm-up is a fraction of the run; the matcher's interval a fraction or a step count.
     """
 
     name = "cream"
