@@ -513,9 +513,13 @@ def test_warmup_and_matcher_interval_are_fractions_of_the_run():
 
 def test_settings_reject_bad_values_with_a_config_error():
     for bad in ("pick=best", "board_rule=paper", "store_outputs=mean", "meta_optimizer=sgd", "warmup=1.5",
-                "meta_interval=0.0", "store_images=0"):
+                "meta_interval=0.0", "store_images=0", "meta_every_steps=-1"):
         with pytest.raises(ConfigError, match=f"train.cream.{bad.split('=')[0]}"):
             load_config(None, [f"train.cream.{bad}"])
+    from track1.methods.base import RunContext
+    fp16 = load_config(REPO / "configs" / "cream_authors.yaml", ["train.amp=fp16"])
+    with pytest.raises(ConfigError, match="train.cream.rho_grad"):
+        C.Cream.from_config(fp16, RunContext(SPACE, 10, 100))
     with pytest.raises(TypeError):  # a key that is not one of the section's
         C.Settings.from_config({**load_config()["train"]["cream"], "warmup_epochs": 0.17})
     cr = C.Cream(SPACE, 16, _settings(meta_batch=9))
@@ -537,8 +541,10 @@ def test_authors_preset_selects_every_authors_choice():
         ("meta", "before", "kd", 4, "flat", "uniform")
     assert (s.meta_optimizer, s.meta_lr, s.meta_momentum, s.meta_decay, s.meta_clip,
             s.meta_student_step) == ("nesterov", 1e-4, 0.9, "linear", 1.0, True)
+    assert (s.rho_grad, s.meta_every_steps) == (True, 200)
     run = C.Cream(SPACE, 150_000, s)
     assert (run.warmup_steps, run.meta_every) == (26_250, 200)   # epoch 21 of 120; UPDATE_ITER
+    assert C.Cream(SPACE, 2814, s).meta_every == 200             # the same 0.5% of a CPU run's steps
 
 
 def test_cream_state_round_trip_with_matcher_optimizer(net, batch, tmp_path):
