@@ -113,7 +113,7 @@ def _cream_meta_reference(model, matcher, board, space, student, x, y, lr, meta_
     first order in rho) clipped to 1, a step at the meta lr."""
     ws, params, theta = space.widths(student), _params(model), [matcher.w0, matcher.b0]
     best, rho = _select_teacher(model, matcher, board, ws, student.code)
-    x1, y1, x2, y2 = x[:4], y[:4], x[4:8], y[4:8]
+    x1, x2, y2 = x[:4], x[4:8], y[4:8]   # KD needs no labels
     with paddle.no_grad(), preserved_buffers(model):
         t = F.softmax(model(x1, space.widths(board.entries[best].code)), axis=-1)
     with preserved_buffers(model):
