@@ -1,6 +1,6 @@
 """Training step cost by method, optionally against another revision of the code, side by side.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--batch N] [--threads 1[,2]] [--ref e48d1bf]
+    .venv/bin/python benchmarks/bench_train_step.py [--batch N] [--threads 1[,2]] [--ref e48d1bf] [--methods "default (,cream_authors"]
 
 Each (code tree, method) runs in a worker process of its own (the tree's track1 imported, the
 thread count set before paddle is imported) holding its supernet and optimizer; the workers take
@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# name -> overrides of the default config
+PRESET = "_config="  # an override list may start with _config=<preset file>: that preset, not the default
+# name -> overrides of the default config (or of a preset)
 METHODS = {
     "default (sandwich, 1 random)": [],
     "default, stock conv": ["train.conv=stock"],
@@ -47,6 +48,13 @@ METHODS = {
     "largest alone (the pretrain stage)": ["train.sampler=largest"],
     "biased: the 1st place's top_of 400": ["train.bias.rule=top_of"],
     "biased: tilt, temperature 1": ["train.bias.rule=tilt"],
+    # The authors' presets. Cream's warm-up is cut to 0 so that the steps timed are Cream's own (its
+    # board fills in the first 10 steps); its matcher update runs on 0.5% of the steps, so its
+    # amortised cost is (the second row - the first) / 200.
+    "rdnas_authors preset": [PRESET + "configs/rdnas_authors.yaml"],
+    "cream_authors preset (warm-up 0)": [PRESET + "configs/cream_authors.yaml", "train.cream.warmup=0.0"],
+    "cream_authors, matcher update every step": [PRESET + "configs/cream_authors.yaml", "train.cream.warmup=0.0",
+                                                 "train.cream.meta_every_steps=1"],
 }
 
 
@@ -63,7 +71,8 @@ def worker(root: str, overrides: list[str]) -> None:
         Trainer = None
         from track1.config import load_config
 
-    cfg = load_config(None, overrides)
+    preset = next((o[len(PRESET):] for o in overrides if o.startswith(PRESET)), None)
+    cfg = load_config(Path(root) / preset if preset else None, [o for o in overrides if not o.startswith(PRESET)])
     batch, res = cfg["data"]["batch_size"], cfg["space"]["resolution"]
     x = paddle.randn([batch, 3, res, res])
     y = paddle.to_tensor(np.random.default_rng(0).integers(0, 10, batch), dtype="int64")
@@ -104,9 +113,26 @@ def worker(root: str, overrides: list[str]) -> None:
 
 
 def supports(root: Path, overrides: list[str]) -> bool:
-    """Whether a tree's default config has every key the method sets, and its ranking pair modes."""
+    """Whether a tree's default config has every key the method sets, and its ranking pair modes
+    (with a preset: whether the tree has it and every key it and the method set)."""
     import yaml
     cfg = yaml.safe_load((root / "configs" / "default.yaml").read_text())
+    if overrides and overrides[0].startswith(PRESET):
+        preset = root / overrides[0][len(PRESET):]
+        if not preset.exists():
+            return False
+        keys, node = [], yaml.safe_load(preset.read_text())
+        stack = [("", node)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                if k == "_base_":
+                    continue
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}{k}.", v))
+                else:
+                    keys.append(f"{prefix}{k}=")
+        overrides = keys + overrides[1:]
     for override in overrides:
         node = cfg
         for key in override.split("=")[0].split("."):

@@ -237,17 +237,23 @@ def test_flat_matcher_scores_one_linear_layer_on_the_flattened_difference():
         matcher(paddle.to_tensor(s[:3]), paddle.to_tensor(t[:3]))
 
 
-def test_nesterov_matcher_optimizer_clips_the_global_norm():
-    """First Nesterov step from zero velocity: p -= lr * (1 + mu) * g, with g scaled to norm 1."""
+def test_nesterov_matcher_optimizer_steps_clipped_only_when_asked():
+    """First Nesterov step from zero velocity: p -= lr * (1 + mu) * g, with g scaled to norm 1 by
+    the look-ahead's clip (torch's clip / (norm + 1e-6)); the main step's gradient unclipped."""
     matcher = M.MetaMatcher(3, images=2, features="flat", rng=np.random.default_rng(2))
-    opt = M.matcher_optimizer(matcher, "nesterov", lr=0.1, momentum=0.9, clip=1.0)
+    opt = M.matcher_optimizer(matcher, "nesterov", lr=0.1, momentum=0.9)
     before = [p.numpy().copy() for p in matcher.parameters()]
     g = [np.full(p.shape, 3.0, "float32") for p in matcher.parameters()]  # global norm 3 * sqrt(7)
-    paddle.add_n([(p * paddle.to_tensor(v)).sum() for p, v in zip(matcher.parameters(), g)]).backward()
-    opt.step()
-    scale = 1.0 / (3.0 * math.sqrt(7))
+    M.apply_gradients(opt, list(zip(matcher.parameters(), g)), clip=1.0)
+    scale = 1.0 / (3.0 * math.sqrt(7) + 1e-6)
     for p, b, v in zip(matcher.parameters(), before, g):
         np.testing.assert_allclose(p.numpy(), b - 0.1 * 1.9 * v * scale, rtol=1e-5, atol=1e-7)
+    # second step, no clip: velocity v1 = 0.9 v0 + g, p -= lr * (g + 0.9 v1)
+    mid = [p.numpy().copy() for p in matcher.parameters()]
+    M.apply_gradients(opt, list(zip(matcher.parameters(), g)))
+    for p, m, v in zip(matcher.parameters(), mid, g):
+        v1 = 0.9 * v * scale + v
+        np.testing.assert_allclose(p.numpy(), m - 0.1 * (v + 0.9 * v1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         M.matcher_optimizer(matcher, "rmsprop", lr=0.1)
 
@@ -262,13 +268,31 @@ def test_student_step_moves_only_the_listed_weights_with_the_clipped_gradient():
                                     use_nesterov=True, weight_decay=0.0)
     before = [p.numpy().copy() for p in params]
     grads = [paddle.full(p.shape, 2.0) for p in used.parameters()]   # norm 2 * sqrt(8)
-    M.student_step(opt, list(zip(used.parameters(), grads)), clip=1.0)
+    M.apply_gradients(opt, list(zip(used.parameters(), grads)), clip=1.0)
     scale = 1.0 / (2.0 * math.sqrt(8) + 1e-6)
     for p, b in zip(used.parameters(), before):
         np.testing.assert_allclose(p.numpy(), b - 0.1 * 1.9 * 2.0 * scale, rtol=1e-5)
     for p, b in zip(idle.parameters(), before[2:]):
         np.testing.assert_array_equal(p.numpy(), b)
     assert all(p.grad is None for p in params)
+
+
+def test_board_outputs_are_one_forward_per_entry_over_its_own_images(net):
+    """Cream's select_teacher forwards each entry's stored images alone: under train-mode BN a
+    forward of all entries at once would normalise each by the others' statistics."""
+    b = PathBoard(capacity=3)
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        b.consider(0.5 + i / 10, 100, f"p{i}", (rng.standard_normal((4, 3, 32, 32)) * (i + 1)).astype("float32"),
+                   rng.dirichlet(np.ones(10), 4).astype("float32"))
+    widths = SPACE.widths(SPACE.largest())
+    got = M.student_logits_on_board(net, widths, b)
+    with paddle.no_grad(), M.preserved_buffers(net):
+        alone = [net(paddle.to_tensor(e.inputs), widths).numpy() for e in b.entries]
+        together = net(paddle.to_tensor(np.concatenate([e.inputs for e in b.entries])), widths).numpy()
+    for g, a in zip(got, alone):
+        np.testing.assert_allclose(g.numpy(), a, rtol=1e-5, atol=1e-6)
+    assert np.abs(together[:4] - alone[0]).max() > 1e-3
 
 
 # -- the matcher's look-ahead update --------------------------------------------------------------
@@ -325,16 +349,28 @@ def test_meta_step_changes_the_matcher_and_nothing_else(net, batch, preset):
     assert all(p.grad is None for p in cr.matcher.parameters())
 
 
-def test_meta_step_moves_rho_against_its_hypergradient(net, batch):
-    """Plain SGD on the matcher (Nesterov with momentum 0): rho moves against drho."""
+def test_meta_step_is_sgd_on_drho_times_drho_dtheta(net, batch):
+    """Plain SGD on a flat matcher (Nesterov, momentum 0) and a board of one path, so the teacher
+    cannot change: theta moves by -lr * drho * d rho / d theta, written out in numpy
+    (rho = sigmoid(-(w . d + b)), d the flattened softmax difference), and rho moves against drho."""
     x, y = batch
-    cr, archs = _filled_cream(net, batch, meta_optimizer="nesterov", meta_momentum=0.0, meta_lr=1.0)
+    cr, archs = _filled_cream(net, batch, board_size=1, meta_features="flat", meta_optimizer="nesterov",
+                              meta_momentum=0.0, meta_lr=1.0, meta_init="uniform")
+    (e,) = cr.board.entries
+    with paddle.no_grad(), M.preserved_buffers(net):
+        p = F.softmax(net(paddle.to_tensor(e.inputs), SPACE.widths(archs[3])), axis=-1).numpy()
+    d = (p - e.soft).reshape(1, -1).astype("float64")
+    w0, b0 = cr.matcher.w0.numpy().astype("float64"), cr.matcher.b0.numpy().astype("float64")
+    rho = 1 / (1 + np.exp((d @ w0 + b0).item()))
     first = cr.meta_step(net, archs[3], x, y, step=4, student_lr=0.5)
-    again = M.meta_step(net, cr.matcher, cr.matcher_opt, cr.board, SPACE, archs[3], x[:8], y[:8],
-                        x[8:], y[8:], lr=0.5)
-    assert first["cream/meta_drho"] != 0.0
-    if again["cream/meta_teacher"] == first["cream/meta_teacher"]:
-        assert (again["cream/meta_rho"] - first["cream/meta_rho"]) * first["cream/meta_drho"] < 0
+    drho = first["cream/meta_drho"]
+    assert first["cream/meta_rho"] == pytest.approx(rho, rel=1e-5) and abs(drho) > 1e-6
+    dsig = -rho * (1 - rho)                      # d rho / d score-argument
+    np.testing.assert_allclose(cr.matcher.w0.numpy(), w0 - 1.0 * drho * dsig * d.T, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(cr.matcher.b0.numpy(), b0 - 1.0 * drho * dsig, rtol=1e-4, atol=1e-7)
+    again = cr.meta_step(net, archs[3], x, y, step=5, student_lr=0.5)
+    assert again["cream/meta_teacher"] == first["cream/meta_teacher"] == 0.0
+    assert (again["cream/meta_rho"] - first["cream/meta_rho"]) * drho < 0
     # (That drho is the look-ahead's true derivative is test_lookahead_hypergradient_matches_finite_differences.)
 
 
@@ -477,9 +513,13 @@ def test_warmup_and_matcher_interval_are_fractions_of_the_run():
 
 def test_settings_reject_bad_values_with_a_config_error():
     for bad in ("pick=best", "board_rule=paper", "store_outputs=mean", "meta_optimizer=sgd", "warmup=1.5",
-                "meta_interval=0.0", "store_images=0"):
+                "meta_interval=0.0", "store_images=0", "meta_every_steps=-1"):
         with pytest.raises(ConfigError, match=f"train.cream.{bad.split('=')[0]}"):
             load_config(None, [f"train.cream.{bad}"])
+    from track1.methods.base import RunContext
+    fp16 = load_config(REPO / "configs" / "cream_authors.yaml", ["train.amp=fp16"])
+    with pytest.raises(ConfigError, match="train.cream.rho_grad"):
+        C.Cream.from_config(fp16, RunContext(SPACE, 10, 100))
     with pytest.raises(TypeError):  # a key that is not one of the section's
         C.Settings.from_config({**load_config()["train"]["cream"], "warmup_epochs": 0.17})
     cr = C.Cream(SPACE, 16, _settings(meta_batch=9))
@@ -501,8 +541,10 @@ def test_authors_preset_selects_every_authors_choice():
         ("meta", "before", "kd", 4, "flat", "uniform")
     assert (s.meta_optimizer, s.meta_lr, s.meta_momentum, s.meta_decay, s.meta_clip,
             s.meta_student_step) == ("nesterov", 1e-4, 0.9, "linear", 1.0, True)
+    assert (s.rho_grad, s.meta_every_steps) == (True, 200)
     run = C.Cream(SPACE, 150_000, s)
     assert (run.warmup_steps, run.meta_every) == (26_250, 200)   # epoch 21 of 120; UPDATE_ITER
+    assert C.Cream(SPACE, 2814, s).meta_every == 200             # the same 0.5% of a CPU run's steps
 
 
 def test_cream_state_round_trip_with_matcher_optimizer(net, batch, tmp_path):
@@ -627,7 +669,7 @@ AUTHORS = ["train.cream.board_rule=authors", "train.cream.gap=0.05", "train.crea
            "train.label_smoothing=0.1", "train.cream.meta_order=before", "train.cream.meta_lookahead=kd",
            "train.cream.meta_batch=4", "train.cream.meta_features=flat", "train.cream.meta_init=uniform",
            "train.cream.meta_optimizer=nesterov", "train.cream.meta_lr=0.1", "train.cream.meta_decay=linear",
-           "train.cream.meta_clip=1.0", "train.cream.meta_student_step=true"]
+           "train.cream.meta_clip=1.0", "train.cream.meta_student_step=true", "train.cream.rho_grad=true"]
 
 
 def _weights(path):
@@ -667,9 +709,17 @@ def test_cream_run_resumes_to_the_same_weights_board_and_matcher(tmp_path, pick)
 
 
 def test_cream_on_sandwich_random_roles(tmp_path):
+    """With the sandwich rule only the random subnets learn from and enter the board; the matcher
+    learns."""
     cfg = tiny_config(tmp_path, *CREAM[1:], "train.sampler=sandwich", "train.max_steps=10",
                       "train.cream.pick=meta", "train.cream.meta_interval=0.2")
-    assert train(cfg, progress=False).name == "step_0000010"
+    ckpt = train(cfg, progress=False)
+    assert ckpt.name == "step_0000010"
+    state = checkpoint.load_state(ckpt)["cream"]
+    codes = [e["code"] for e in state["board"]["entries"]]
+    assert len(codes) == 3 and not {SPACE.largest().code, SPACE.smallest().code} & set(codes)
+    init = M.MetaMatcher(10, images=4, rng=np.random.default_rng(0)).weights()
+    assert not np.array_equal(np.asarray(state["matcher"]["weights"]["w0"]), init["w0"])
 
 
 RANK_SCRIPT = '''

@@ -61,5 +61,8 @@ def test_rank_loss_margin_and_unknown_kind():
 
 def test_rank_weight_schedules():
     assert rank_weight(5, 50, "linear", 2.0, 10) == 0.5
+    # the authors' min(2, epoch/10.) on an integer epoch: 0 for the whole first epoch
+    assert [rank_weight(e, 70, "staircase", 2.0, 10) for e in (0.0, 0.99, 1.0, 5.5, 19.9, 20.0, 69.5)] == \
+        [0.0, 0.0, 0.1, 0.5, 1.9, 2.0, 2.0]
     assert rank_weight(40, 50, "linear", 2.0, 10) == 2.0
     assert rank_weight(25, 50, "sin", 2.0, 10) == pytest.approx(2 * np.sin(0.4 * np.pi))

@@ -6,6 +6,8 @@ from track1.methods.sampling import (PAIR_MODES, MarginSampler, distance, group_
                              step_pairs, step_subnets)
 from track1.space import SearchSpace, hamming, parse
 
+from conftest import REPO
+
 SPACE = SearchSpace()
 
 
@@ -131,3 +133,33 @@ def test_progressive_phases_switch_at_their_fractions_and_narrow_the_draws(tmp_p
     with pytest.raises(ConfigError, match="the last 1.0"):
         Trainer(load_config(None, ["train.progressive.enabled=true",
                                    "train.progressive.phases=[{until: 0.5}]"]), steps_per_epoch=8)
+
+
+def test_the_rdnas_authors_draw_every_tied_ratio_and_their_smallest():
+    """train.draw every_ratio (their resofa.py): stem = stage 1's output, one output code a stage,
+    every code 1..7 uniform in each tied position and each mid, depths uniform; smallest all 0.7
+    at depths 2. The official draw stays the default."""
+    from collections import Counter
+
+    from track1.pipeline.config import load_config
+    from track1.space import RATIOS, Subspace, official_problem
+    every = Subspace.named("every_ratio")
+    sandwich = step_subnets(every, "sandwich", 2, seed=3, step=0)
+    assert sandwich[1][1].code == "1222277777000000777700000077770000000000007777000000"
+    assert sandwich[0][1] == SPACE.largest()
+    rng = np.random.default_rng(0)
+    draws = [every.sample(rng) for _ in range(3000)]
+    assert all(every.contains(a) and a.stem_ratio == a.blocks[0][0][1] for a in draws)
+    assert all(len({o for _, o in pairs}) == 1 for a in draws for pairs in a.blocks)
+    for stage in range(4):
+        outs = Counter(a.blocks[stage][0][1] for a in draws)
+        mids = Counter(m for a in draws for m, _ in a.blocks[stage])
+        depths = Counter(a.depths[stage] for a in draws)
+        assert set(outs) == set(mids) == set(RATIOS)
+        assert max(outs.values()) / min(outs.values()) < 1.25          # about 3000/7 each
+        assert max(depths.values()) / min(depths.values()) < 1.3
+    assert sum(official_problem(a) is not None for a in draws) > 2500  # mostly outside the list
+    assert Subspace.named(load_config()["train"]["draw"]) == Subspace.official()
+    assert load_config(REPO / "configs/rdnas_authors.yaml")["train"]["draw"] == "every_ratio"
+    with pytest.raises(ValueError, match="unknown draw"):
+        Subspace.named("all")

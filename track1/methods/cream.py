@@ -3,7 +3,7 @@
 Cream (Peng et al., NeurIPS 2020) keeps a board of the K best paths seen (track1/board.py) and,
 after a warm-up, distils each sampled path from one of them with losses.cream_loss; the teacher is
 the best board path ("top1") or the one a matching network picks ("meta", track1/matcher.py).
-The README's Cream section lists where `configs/cream_authors.yaml` and the project variant differ.
+docs/METHODS.md (Cream section) lists where `configs/cream_authors.yaml` and the project variant differ.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from track1.errors import ConfigError
 from track1.methods.base import Method, RunContext
 from track1.methods.board import PathBoard
 from track1.methods.losses import cream_loss
-from track1.methods.matcher import (MetaMatcher, all_reduce_mean, choose_teacher, matcher_optimizer,
-                                    meta_step, student_logits_on_board, student_step, teacher_probs)
+from track1.methods.matcher import (MetaMatcher, all_reduce_mean, apply_gradients, board_rho, choose_teacher,
+                                    matcher_optimizer, meta_step, student_logits_on_board, teacher_probs)
 from track1.space import Arch, SearchSpace
 
 
@@ -39,6 +39,7 @@ class Settings:
     pick: str
     top1_rho: float
     meta_interval: float
+    meta_every_steps: int
     meta_order: str
     meta_lookahead: str
     meta_batch: int
@@ -51,6 +52,7 @@ class Settings:
     meta_decay: str
     meta_clip: float
     meta_student_step: bool
+    rho_grad: bool
     meta_seed: int
 
     @classmethod
@@ -69,6 +71,7 @@ class Plan:
     rho: float
     score: float | None
     rank: int  # the teacher's place on the board, 0 = best batch accuracy
+    rho_tensor: paddle.Tensor | None = None  # rho_grad: rho with its gradient to the matcher and student
 
 
 class Cream(Method):
@@ -78,7 +81,9 @@ class Cream(Method):
     teacher and computes the teacher's soft labels (`plan`), it sets the students' losses, offers
     each student to the board with its training logits (`observe`), and runs the matcher's update
     (`meta_step`) when due, before the forward or after the optimizer step (`settings.meta_order`).
-    Warm-up and matcher interval are fractions of the run, so they mean the same on any run length.
+    With rho_grad (Cream's code) each student's rho keeps its graph, so the step's backward also
+    gives the matcher a gradient, which its optimizer takes after the step (`matcher_main_step`).
+    The warm-up is a fraction of the run; the matcher's interval a fraction or a step count.
     """
 
     name = "cream"
@@ -88,18 +93,20 @@ class Cream(Method):
         self.space, self.total_steps, self.smoothing = space, int(total_steps), smoothing
         self.roles = tuple(s.roles)
         self.warmup_steps = int(round(s.warmup * self.total_steps))
-        self.meta_every = max(1, int(round(s.meta_interval * self.total_steps)))
+        self.meta_every = s.meta_every_steps or max(1, int(round(s.meta_interval * self.total_steps)))
         self.board = PathBoard(s.board_size, s.gap, s.board_rule)
         self.matcher, self.matcher_opt = None, None
         if s.pick == "meta":
             self.matcher = MetaMatcher(space.num_classes, s.store_images, s.meta_features,
                                        s.meta_hidden, s.meta_init, np.random.default_rng(s.meta_seed))
-            self.matcher_opt = matcher_optimizer(self.matcher, s.meta_optimizer, s.meta_lr,
-                                                 s.meta_momentum, s.meta_clip)
+            self.matcher_opt = matcher_optimizer(self.matcher, s.meta_optimizer, s.meta_lr, s.meta_momentum)
         self._plans: dict[int, Plan | None] = {}  # this step's students (subnet index) and teachers
 
     @classmethod
     def from_config(cls, cfg: dict, context: RunContext) -> "Cream":
+        if cfg["train"]["cream"]["rho_grad"] and cfg["train"]["amp"] == "fp16":
+            raise ConfigError("train.cream.rho_grad: not with train.amp fp16 (the matcher's gradient "
+                              "would keep the loss scale)")
         return cls(context.space, context.total_steps, Settings.from_config(cfg["train"]["cream"]),
                    cfg["train"]["label_smoothing"])
 
@@ -116,7 +123,10 @@ class Cream(Method):
 
     def subnet_loss(self, index, role, arch, logits, y):
         plan = self._plans.get(index)
-        return None if plan is None else cream_loss(logits, plan.teacher_probs, y, plan.rho, self.smoothing)
+        if plan is None:
+            return None
+        rho = plan.rho_tensor if plan.rho_tensor is not None else plan.rho
+        return cream_loss(logits, plan.teacher_probs, y, rho, self.smoothing)
 
     def extra_loss(self, subnets, logits, x, y):
         """No term: the students are offered to the board, in order, and the board is reported."""
@@ -133,9 +143,26 @@ class Cream(Method):
         return None, scalars
 
     def after_step(self, model, subnets, x, y, step, lr, optimizer) -> dict:
+        """The matcher's step on the main loss's gradient (rho_grad), then its look-ahead update
+        when it runs last."""
+        self.matcher_main_step(step)
         if not self.meta_before and self.meta_due(step):
             return self.meta_step(model, subnets, x, y, step, lr, optimizer)
         return {}
+
+    def matcher_main_step(self, step: int) -> None:
+        """rho_grad (Cream's code, where the matcher sits in the student's optimizer at its own lr):
+        the step's backward left a gradient on the matcher; its optimizer takes it, unclipped."""
+        if not any(p is not None and p.rho_tensor is not None for p in self._plans.values()):
+            return
+        params = self.matcher.parameters()
+        grads = [p.grad.numpy() if p.grad is not None else np.zeros(p.shape, "float32") for p in params]
+        self.matcher_opt.clear_grad(set_to_zero=False)
+        self.matcher_opt.set_lr(self.meta_lr(step))
+        apply_gradients(self.matcher_opt, list(zip(params, grads)))
+        for plan in self._plans.values():  # their graphs are spent
+            if plan is not None:
+                plan.rho_tensor = None
 
     @property
     def meta_before(self) -> bool:
@@ -163,7 +190,9 @@ class Cream(Method):
             code = choice.entry.code
             if code not in cache:
                 cache[code] = teacher_probs(model, self.space.widths(code), x)
-            plans.append(Plan(code, cache[code], choice.rho, choice.score, choice.index))
+            rho = (board_rho(model, self.matcher, self.space.widths(arch), choice.entry)
+                   if self.settings.pick == "meta" and self.settings.rho_grad else None)
+            plans.append(Plan(code, cache[code], choice.rho, choice.score, choice.index, rho))
         return plans
 
     def observe(self, arch: Arch, logits: paddle.Tensor, x: paddle.Tensor, y: paddle.Tensor,
@@ -225,11 +254,11 @@ class Cream(Method):
         if s.meta_student_step:
             if optimizer is None:
                 raise ValueError("meta_student_step needs the supernet's optimizer")
-            real_step = lambda pairs: student_step(optimizer, pairs, s.meta_clip)  # noqa: E731
+            real_step = lambda pairs: apply_gradients(optimizer, pairs, s.meta_clip)  # noqa: E731
         scalars = meta_step(model, self.matcher, self.matcher_opt, self.board, self.space, student,
                             x[:n], y[:n], x[n:2 * n], y[n:2 * n], lr if kd else student_lr,
                             s.meta_lookahead, self.smoothing, self.smoothing if kd else 0.0,
-                            real_step)
+                            real_step, s.rho_grad, s.meta_clip)
         if scalars:
             scalars["cream/meta_lr"] = lr
         return scalars

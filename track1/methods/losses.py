@@ -17,7 +17,7 @@ def soft_cross_entropy(logits: paddle.Tensor, target_probs: paddle.Tensor) -> pa
 
 
 RANK_LOSSES = ("better_only", "margin", "second_only")
-RANK_SCHEDULES = ("linear", "sin", "constant")
+RANK_SCHEDULES = ("linear", "staircase", "sin", "constant")
 
 
 def rank_loss(loss_a: paddle.Tensor, loss_b: paddle.Tensor, z_a: float, z_b: float,
@@ -48,14 +48,17 @@ def rank_loss(loss_a: paddle.Tensor, loss_b: paddle.Tensor, z_a: float, z_b: flo
 
 
 def rank_weight(epoch: float, total_epochs: float, schedule: str, cap: float, ramp: float) -> float:
-    """lambda(e): "linear" = min(cap, e / ramp) (the RD-NAS best); "sin" = cap * sin(0.8 pi e / E)."""
-    if schedule == "linear":
-        return min(cap, epoch / ramp) if ramp > 0 else cap
+    """lambda(e): "linear" = min(cap, e / ramp) (the RD-NAS best); "staircase" = the same on the
+    whole epochs done (their code's min(2, epoch/10.) with an integer epoch: 0 for the first epoch);
+    "sin" = cap * sin(0.8 pi e / E)."""
+    if schedule in ("linear", "staircase"):
+        e = math.floor(epoch) if schedule == "staircase" else epoch
+        return min(cap, e / ramp) if ramp > 0 else cap
     if schedule == "sin":
         return cap * math.sin(0.8 * math.pi * epoch / total_epochs)
     if schedule == "constant":
         return cap
-    raise ValueError(f"unknown rank weight schedule {schedule!r}: expected linear, sin or constant")
+    raise ValueError(f"unknown rank weight schedule {schedule!r}: expected {', '.join(RANK_SCHEDULES)}")
 
 
 def cream_loss(student_logits: paddle.Tensor, teacher_probs: paddle.Tensor, labels: paddle.Tensor,

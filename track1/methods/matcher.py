@@ -4,9 +4,10 @@ The matcher only influences training through rho = sigmoid(-score) of the path i
 learns from a one-step look-ahead of the student: d CE_held(W'(rho)) / d rho, chained into its
 weights. The step W'(rho) is linear in rho, so that derivative is exact from first-order gradients
 (`lookahead_hypergradient`); Paddle 3.3.1's double backward does not run through this supernet on
-CPU (tests/test_cream.py shows where it fails). Every extra forward here leaves the supernet's
-BN statistics and gradients as it found them, and its weights too unless the look-ahead's step is
-applied for real (Cream's code, `real_step`).
+CPU (tests/test_cream.py shows where it fails). With rho as a function of the student's weights
+(`board_rho`, Cream's code) the step also holds KD * d rho / dW. Every extra forward here leaves the
+supernet's BN statistics and gradients as it found them, and its weights too unless the look-ahead's
+step is applied for real (Cream's code, `real_step`).
 """
 from __future__ import annotations
 
@@ -106,25 +107,23 @@ class MetaMatcher(nn.Layer):
             p.set_value(value.astype("float32"))
 
 
-def matcher_optimizer(matcher: MetaMatcher, kind: str, lr: float, momentum: float = 0.9,
-                      clip: float = 0.0) -> paddle.optimizer.Optimizer:
-    """Adam, or SGD with Nesterov momentum (Cream's), on the matcher; clip > 0 caps the global
-    gradient norm (torch's clip_grad_norm_, as Cream uses it, is a global norm).
+def matcher_optimizer(matcher: MetaMatcher, kind: str, lr: float,
+                      momentum: float = 0.9) -> paddle.optimizer.Optimizer:
+    """Adam, or SGD with Nesterov momentum (Cream's), on the matcher. No clipping of its own: Cream
+    clips the look-ahead's gradient only, not the main step's (`apply_gradients` clips).
 
     Its accumulators are created now, under a fixed name scope, so that their names (the keys of
     its state dict) are the same in every process and a state saved before the first update loads.
     """
     if kind not in OPTIMIZERS:
         raise ValueError(f"unknown matcher optimizer {kind!r}: expected one of {OPTIMIZERS}")
-    grad_clip = paddle.nn.ClipGradByGlobalNorm(float(clip)) if clip > 0 else None
     params = matcher.parameters()
     with paddle.utils.unique_name.guard("cream_matcher_opt_"):
         if kind == "adam":
-            opt = paddle.optimizer.Adam(learning_rate=float(lr), parameters=params, grad_clip=grad_clip)
+            opt = paddle.optimizer.Adam(learning_rate=float(lr), parameters=params)
         else:
             opt = paddle.optimizer.Momentum(learning_rate=float(lr), momentum=float(momentum),
-                                            parameters=params, use_nesterov=True,
-                                            grad_clip=grad_clip)
+                                            parameters=params, use_nesterov=True)
         # Paddle has no public call for this (train.py does the same for the supernet's optimizer).
         opt._create_accumulators(paddle.static.default_main_program().global_block(), params)
     return opt
@@ -191,14 +190,19 @@ def preserved_buffers(model: nn.Layer):
 
 
 def student_logits_on_board(model: nn.Layer, widths: Widths, board: PathBoard) -> list[paddle.Tensor]:
-    """The student's logits on every entry's stored inputs (one no-grad forward, train-mode BN)."""
-    if not board.entries:
-        return []
-    x = paddle.to_tensor(np.concatenate([e.inputs for e in board.entries]))
+    """The student's logits on every entry's stored inputs: one no-grad forward per entry over its
+    own images, as Cream's select_teacher (train-mode BN normalises by each entry's own batch)."""
     with paddle.no_grad(), preserved_buffers(model):
-        out = model(x, widths)
-    sizes = [len(e.inputs) for e in board.entries]
-    return list(paddle.split(out, sizes, axis=0)) if len(sizes) > 1 else [out]
+        return [model(paddle.to_tensor(e.inputs), widths) for e in board.entries]
+
+
+def board_rho(model: nn.Layer, matcher: MetaMatcher, widths: Widths, entry: BoardEntry) -> paddle.Tensor:
+    """rho = sigmoid(-score) of one board entry as a 0-d tensor with gradient to the matcher's and the
+    student's weights (Cream's meta_value: the student's forward on the entry's images keeps its
+    graph); BN statistics untouched."""
+    with preserved_buffers(model):
+        probs = F.softmax(model(paddle.to_tensor(entry.inputs), widths), axis=-1)
+    return F.sigmoid(-matcher(probs, paddle.to_tensor(entry.soft)))
 
 
 def teacher_probs(model: nn.Layer, widths: Widths, x: paddle.Tensor) -> paddle.Tensor:
@@ -216,11 +220,12 @@ def all_reduce_mean(values: np.ndarray) -> np.ndarray:
     return t.numpy() / world
 
 
-def student_step(optimizer: paddle.optimizer.Optimizer, pairs: list, clip: float = 0.0) -> None:
+def apply_gradients(optimizer: paddle.optimizer.Optimizer, pairs: list, clip: float = 0.0) -> None:
     """One real step of `optimizer` on the given (weight, gradient) pairs only: gradients averaged
     over ranks (as DataParallel would), the global norm capped at clip as torch's clip_grad_norm_
-    does (clip / (norm + 1e-6)); weights not listed keep a None gradient and do not move."""
-    grads = [g.numpy() for _, g in pairs]
+    does (clip / (norm + 1e-6)); weights not listed keep a None gradient and do not move. The
+    listed weights' .grad must be None on entry (the gradient is handed over through backward)."""
+    grads = [g.numpy() if isinstance(g, paddle.Tensor) else np.asarray(g, "float32") for _, g in pairs]
     flat = all_reduce_mean(np.concatenate([g.ravel() for g in grads]).astype("float32"))
     if clip > 0:
         flat = flat * min(1.0, clip / (float(np.sqrt(np.sum(flat.astype("float64") ** 2))) + 1e-6))
@@ -238,13 +243,17 @@ def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Ten
                             x_train: paddle.Tensor, y_train: paddle.Tensor, x_held: paddle.Tensor,
                             y_held: paddle.Tensor, lr: float, rho: float, kind: str = "full",
                             smoothing: float = 0.0, held_smoothing: float = 0.0,
-                            real_step=None) -> tuple[float, float]:
+                            real_step=None, rho_w: paddle.Tensor | None = None) -> tuple[float, float]:
     """(d CE_held(W'(rho)) / d rho, CE_held(W'(rho))) for one plain-SGD step W'(rho) of the student.
 
     kind "full": W' = W - lr * grad cream_loss(rho), so dW'/drho = -lr * (grad KD - grad CE) / 2.
     kind "kd" (Cream's code): W' = W - lr * rho * grad KD, so dW'/drho = -lr * grad KD.
     Either way the derivative is -lr * <grad CE_held(W'), dW'/drho / -lr>: exact, from first-order
     backward passes. The weights are put back afterwards; .grad is never touched (paddle.grad).
+    rho_w (Cream's code): rho as a tensor of the student's weights (board_rho, value `rho`): the
+    step then also holds d rho / dW times the loss's KD - CE part (kd: KD), as Cream's grad_1st; its
+    graph is used up. The derivative's own dependence on dW/d rho through that term
+    (a Jacobian-vector product, which needs double backward) is not taken.
     BN statistics do move: callers wrap this in preserved_buffers.
     real_step (Cream's code): a callable given [(weight, gradient of the look-ahead loss)] that
     updates the student for real; the held-out gradient is then taken at the updated weights,
@@ -253,38 +262,44 @@ def lookahead_hypergradient(model: nn.Layer, widths: Widths, t_probs: paddle.Ten
     if kind not in LOOKAHEADS:
         raise ValueError(f"unknown look-ahead {kind!r}: expected one of {LOOKAHEADS}")
     params = [p for p in model.parameters() if not p.stop_gradient]
+    none = [None] * len(params)
+    g_rho = paddle.grad(rho_w, params, allow_unused=True) if rho_w is not None else none
     out = model(x_train, widths)
     kd = soft_cross_entropy(out, t_probs.detach())
     if kind == "full":
+        ce = label_loss(out, y_train, smoothing)
         g_kd = paddle.grad(kd, params, retain_graph=True, allow_unused=True)
-        g_ce = paddle.grad(label_loss(out, y_train, smoothing), params, allow_unused=True)
+        g_ce = paddle.grad(ce, params, allow_unused=True)
+        rho_coef = (kd.item() - ce.item()) / 2   # d cream_loss / d rho
     else:
         g_kd = paddle.grad(kd, params, allow_unused=True)
-        g_ce = [None] * len(params)
-    used = [(p, a, b) for p, a, b in zip(params, g_kd, g_ce) if a is not None or b is not None]
-    saved = [p.clone() for p, _, _ in used] if real_step is None else []
+        g_ce = none
+        rho_coef = kd.item()
+    used = [(p, a, b, c) for p, a, b, c in zip(params, g_kd, g_ce, g_rho)
+            if a is not None or b is not None or c is not None]
+    saved = [p.clone() for p, *_ in used] if real_step is None else []
     directions, steps = [], []  # dW'/drho / -lr, and the look-ahead loss's gradient
     with paddle.no_grad():
-        for p, a, b in used:
+        for p, a, b, c in used:
             a = a if a is not None else paddle.zeros_like(p)
             if kind == "full":
                 b = b if b is not None else paddle.zeros_like(p)
-                steps.append((rho * a + (2 - rho) * b) / 2)
-                directions.append((a - b) / 2)
+                step, direction = (rho * a + (2 - rho) * b) / 2, (a - b) / 2
             else:
-                steps.append(rho * a)
-                directions.append(a)
+                step, direction = rho * a, a
+            steps.append(step + rho_coef * c if c is not None else step)
+            directions.append(direction)
         if real_step is None:
-            for (p, _, _), g in zip(used, steps):
+            for (p, *_), g in zip(used, steps):
                 p.set_value(p - lr * g)
     if real_step is not None:
-        real_step([(p, g) for (p, _, _), g in zip(used, steps)])
+        real_step([(p, g) for (p, *_), g in zip(used, steps)])
     try:
         held = label_loss(model(x_held, widths), y_held, held_smoothing)
-        g_held = paddle.grad(held, [p for p, _, _ in used], allow_unused=True)
+        g_held = paddle.grad(held, [p for p, *_ in used], allow_unused=True)
     finally:
         with paddle.no_grad():
-            for (p, _, _), value in zip(used, saved):
+            for (p, *_), value in zip(used, saved):
                 p.set_value(value)
     dot = sum(float((g * d).sum().item()) for g, d in zip(g_held, directions) if g is not None)
     return -lr * dot, float(held.item())
@@ -294,14 +309,16 @@ def meta_step(model: nn.Layer, matcher: MetaMatcher, opt: paddle.optimizer.Optim
               board: PathBoard, space: SearchSpace, student: Arch, x_train: paddle.Tensor,
               y_train: paddle.Tensor, x_held: paddle.Tensor, y_held: paddle.Tensor, lr: float,
               kind: str = "full", smoothing: float = 0.0, held_smoothing: float = 0.0,
-              real_step=None) -> dict:
+              real_step=None, rho_grad: bool = False, clip: float = 0.0) -> dict:
     """One update of the matcher by a look-ahead of the student; returns scalars to log.
 
     rho(theta) = sigmoid(-score_theta(picked path)); the matcher's gradient is
-    d CE_held(W'(rho)) / d rho * d rho / d theta, averaged over ranks (all_reduce), and `opt`
-    (with its clipping) takes the step. lr is the look-ahead's step size. Momentum, weight decay
-    and clipping of the student's own optimizer are not simulated. real_step: see
-    lookahead_hypergradient (the only way this changes the supernet's weights).
+    d CE_held(W'(rho)) / d rho * d rho / d theta, averaged over ranks, its global norm capped at
+    clip (torch's formula, as Cream), and `opt` takes the step. lr is the look-ahead's step size.
+    Momentum, weight decay and clipping of the student's own optimizer are not simulated.
+    rho_grad (Cream's code): rho is also a function of the student's weights (board_rho), so the
+    look-ahead's step holds its d rho / dW term. real_step: see lookahead_hypergradient (the only
+    way this changes the supernet's weights).
     """
     if len(board) == 0:
         return {}
@@ -312,28 +329,21 @@ def meta_step(model: nn.Layer, matcher: MetaMatcher, opt: paddle.optimizer.Optim
         choice = choose_teacher(board, logits, "meta", matcher, exclude=student.code)
         if choice is None:
             return {}
-        score = matcher(softmax_of(logits[choice.index]), paddle.to_tensor(choice.entry.soft))
-        rho = F.sigmoid(-score)
+        if rho_grad:
+            rho = board_rho(model, matcher, widths, choice.entry)
+        else:
+            rho = F.sigmoid(-matcher(softmax_of(logits[choice.index]), paddle.to_tensor(choice.entry.soft)))
         rho0 = float(rho.item())
+        params = matcher.parameters()
+        # d rho / d theta now, before a real step moves the student weights rho's graph holds
+        g_theta = paddle.grad(rho, params, retain_graph=rho_grad, allow_unused=True)
         t_probs = teacher_probs(model, space.widths(choice.entry.code), x_train)
         d_rho, held = lookahead_hypergradient(model, widths, t_probs, x_train, y_train, x_held,
                                               y_held, lr, rho0, kind, smoothing, held_smoothing,
-                                              real_step)
+                                              real_step, rho if rho_grad else None)
 
-    params = matcher.parameters()
-    grads = paddle.grad(rho * d_rho, params, allow_unused=True)
-    grads = [g.numpy() if g is not None else np.zeros(p.shape, "float32")
-             for g, p in zip(grads, params)]
-    flat = all_reduce_mean(np.concatenate([g.ravel() for g in grads]).astype("float32"))
-    # Hand the averaged gradient to the Paddle optimizer: d/dp sum(p * g) = g.
+    grads = [g * d_rho if g is not None else paddle.zeros(p.shape, "float32") for g, p in zip(g_theta, params)]
     opt.clear_grad(set_to_zero=False)
-    offset, terms = 0, []
-    for p, g in zip(params, grads):
-        value = flat[offset:offset + g.size].reshape(g.shape)
-        offset += g.size
-        terms.append((p * paddle.to_tensor(value)).sum())
-    paddle.add_n(terms).backward()
-    opt.step()
-    opt.clear_grad(set_to_zero=False)
+    apply_gradients(opt, list(zip(params, grads)), clip)
     return {"cream/meta_held_loss": held, "cream/meta_rho": rho0,
             "cream/meta_drho": d_rho, "cream/meta_teacher": float(choice.index)}

@@ -26,7 +26,7 @@ class RankingDistillation(Method):
                               "needs train.sampler=sandwich and train.num_random >= 2")
         self.r, self.space, self.seed = r, context.space, cfg["run"]["seed"]
         self.steps_per_epoch, self.epochs = context.steps_per_epoch, t["epochs"]
-        self.sampler = MarginSampler(Subspace.official(), r["distance"], r["threshold"], r["depth_weight"],
+        self.sampler = MarginSampler(Subspace.named(t["draw"]), r["distance"], r["threshold"], r["depth_weight"],
                                      r["width_weight"], r["max_tries"])
         cache = context.run_dir / "teacher" if context.run_dir is not None else None
         self.teacher = Teacher(cfg, context.space, cache)
@@ -34,7 +34,7 @@ class RankingDistillation(Method):
 
     def notes(self) -> list[str]:
         r = self.r
-        if r["schedule"] == "linear" and r["cap"] * r["ramp"] > self.epochs:
+        if r["schedule"] in ("linear", "staircase") and r["cap"] * r["ramp"] > self.epochs:
             # ramp counts absolute epochs; say so when this run ends before lambda reaches its cap
             return [f"note: train.ranking.ramp {r['ramp']} (epochs) brings lambda to only "
                     f"{self.epochs / r['ramp']:.3g} of cap {r['cap']} by the end of this {self.epochs}-epoch run"]
@@ -64,11 +64,13 @@ class RankingDistillation(Method):
             za, zb = self.teacher(self.space.widths(a)), self.teacher(self.space.widths(b))
             margin = r["margin"] + r["margin_per_distance"] * max(0.0, dist - r["threshold"])
             rank_terms.append(rank_loss(label_losses[a], label_losses[b], za, zb, r["loss"], margin))
-            a_lower = label_losses[a].detach() < label_losses[b].detach()
-            agree.append(a_lower if za > zb else ~a_lower)
+            if za != zb:  # a tie in the teacher orders nothing: neither agreement nor disagreement
+                a_lower = label_losses[a].detach() < label_losses[b].detach()
+                agree.append(a_lower if za > zb else ~a_lower)
         rl = paddle.add_n(rank_terms)
         if r["reduce"] == "mean":
             rl = rl / len(rank_terms)
-        scalars.update({"rank/loss": rl.detach(), "rank/lambda": self.lam,
-                        "rank/agree": paddle.stack(agree).astype("float32").mean()})
+        scalars.update({"rank/loss": rl.detach(), "rank/lambda": self.lam})
+        if agree:
+            scalars["rank/agree"] = paddle.stack(agree).astype("float32").mean()
         return self.lam * rl, scalars

@@ -1,10 +1,11 @@
 """Which subnets a training step uses: sandwich / SPOS / random roles, ranking pairs, the margin sampler,
 draws tilted toward large subnets, and progressive-shrinking phases.
 
-Every subnet is drawn from a part of the official tied sub-space (track1.space.Subspace): the whole
-of it as the official list is distributed, unless a progressive-shrinking phase or a few-shot group
-narrows it. Every draw is a pure function of (seed, step), so a resumed run and every rank of a
-distributed run sample exactly the same subnets without saving or broadcasting any RNG state.
+Every subnet is drawn from a part of the tied sub-space (track1.space.Subspace): the official one as
+the official list is distributed (train.draw every_ratio: the RD-NAS authors' wider one), unless a
+progressive-shrinking phase or a few-shot group narrows it. Every draw is a pure function of (seed,
+step), so a resumed run and every rank of a distributed run sample exactly the same subnets without
+saving or broadcasting any RNG state.
 """
 from __future__ import annotations
 

@@ -24,9 +24,10 @@ from track1.space import Arch, SearchSpace, Subspace
 
 def plan_subnets(cfg: dict, methods: Sequence[Method], step: int,
                  within: Subspace | None = None) -> list[tuple[str, Arch]]:
-    """The (role, arch) subnets of a step, drawn from `within` (default: the official sub-space): the
+    """The (role, arch) subnets of a step, drawn from `within` (default: train.draw's sub-space): the
     sampler's (train.sampler, with train.bias), then what each method adds."""
-    t, within = cfg["train"], within or Subspace.official()
+    t = cfg["train"]
+    within = within or Subspace.named(t["draw"])
     b = t["bias"]
     subnets = step_subnets(within, t["sampler"], t["num_random"], cfg["run"]["seed"], step,
                            Bias(b["rule"], b["temperature"], b["pool"]))

@@ -27,7 +27,8 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot"}
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
-           "train.init_reorder": False}
+           "train.init_reorder": False, "train.draw": "official",
+           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
 # neutral value.
 NEUTRAL_SECTIONS = {"train.distill": ("enabled", False), "pretrain": ("enabled", False),
@@ -231,6 +232,7 @@ def _schema() -> dict[str, tuple]:
     from track1.pipeline.optim import OPTIMIZERS
     from track1.ranking.proxy_runs import INPUTS
     from track1.space.split import SPLITS
+    from track1.space.subspace import DRAWS
     one_of = lambda *c: ("one of", tuple(c[0]) if len(c) == 1 else c)  # noqa: E731
     at_least = lambda n: (">=", n)  # noqa: E731
     schema = {
@@ -240,7 +242,7 @@ def _schema() -> dict[str, tuple]:
         "data.name": one_of(ARRAY_DATA + IMAGE_DATA), "data.train_size": at_least(0),
         "data.val_size": at_least(0), "data.batch_size": at_least(1), "data.num_workers": at_least(0),
         "train.epochs": at_least(1), "train.max_steps": at_least(0), "train.sampler": one_of(SAMPLERS),
-        "train.num_random": at_least(0), "train.conv": one_of(CONV_MODES),
+        "train.num_random": at_least(0), "train.conv": one_of(CONV_MODES), "train.draw": one_of(DRAWS),
         "train.bias.rule": one_of(BIAS_RULES), "train.bias.temperature": (">", 0), "train.bias.pool": at_least(1),
         "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
         "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
@@ -258,6 +260,7 @@ def _schema() -> dict[str, tuple]:
         "train.cream.store_images": at_least(1), "train.cream.store_outputs": one_of("own", "teacher"),
         "train.cream.pick": one_of(matcher.PICK_MODES), "train.cream.top1_rho": ("in", 0, 2),
         "train.cream.meta_interval": ("in", 1e-9, 1), "train.cream.meta_order": one_of("after", "before"),
+        "train.cream.meta_every_steps": at_least(0),
         "train.cream.meta_lookahead": one_of(matcher.LOOKAHEADS), "train.cream.meta_batch": at_least(0),
         "train.cream.meta_features": one_of(matcher.FEATURES), "train.cream.meta_hidden": at_least(0),
         "train.cream.meta_init": one_of(matcher.INITS), "train.cream.meta_optimizer": one_of(matcher.OPTIMIZERS),

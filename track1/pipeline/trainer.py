@@ -55,7 +55,8 @@ class Trainer:
     def within(self, step: int) -> tuple[Subspace, int | None]:
         """The part of the space this step draws from (a few-shot split: its groups in turn), and its
         progressive-shrinking phase (None: off)."""
-        base = Subspace.official() if self.split is None else self.split.groups[step % len(self.split.groups)]
+        base = (Subspace.named(self.t["draw"]) if self.split is None
+                else self.split.groups[step % len(self.split.groups)])
         if not self.phases:
             return base, None
         i = phase_at(self.phases, step, self.total_steps)

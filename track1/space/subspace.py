@@ -1,9 +1,10 @@
-"""A part of the official tied sub-space: the depths, output codes and mid codes each stage may take (and
+"""A part of the tied sub-space: the depths, output codes and mid codes each stage may take (and
 optionally which depth patterns), with its largest and smallest subnet and uniform draws from it.
 
 The official list's own distribution is `Subspace.official()`: each stage's depth and output code
 uniform over the stage's choices, the stem tied to stage 1's output, each mid code uniform. A
-progressive-shrinking phase or a few-shot group is a narrower Subspace.
+progressive-shrinking phase or a few-shot group is a narrower Subspace; `Subspace.every_ratio()` (the
+RD-NAS authors' draw) a wider one, every ratio code in every tied position.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import itertools
 
 import numpy as np
 
-from track1.space.code import DEPTH_CHOICES, OFFICIAL_CHOICES, Arch, official_problem, tied
+from track1.space.code import DEPTH_CHOICES, OFFICIAL_CHOICES, RATIOS, Arch, tied
 
 Choices = tuple[tuple[int, ...], ...]  # per stage, the allowed values in ascending order
+DRAWS = ("official", "every_ratio")     # train.draw: Subspace.official() | Subspace.every_ratio()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,20 @@ class Subspace:
     @classmethod
     def official(cls) -> "Subspace":
         return cls()
+
+    @classmethod
+    def every_ratio(cls) -> "Subspace":
+        """The RD-NAS authors' draw (their resofa.py): every tied ratio code 1..7 for the stem with
+        stage 1's output, each stage's output and each mid; depths as the official list's."""
+        every = (tuple(RATIOS),) * 4
+        return cls(outs=every, mids=every)
+
+    @classmethod
+    def named(cls, draw: str) -> "Subspace":
+        """train.draw: the part of the space a run's subnets are drawn from."""
+        if draw not in DRAWS:
+            raise ValueError(f"unknown draw {draw!r}: expected one of {', '.join(DRAWS)}")
+        return cls.official() if draw == "official" else cls.every_ratio()
 
     def __post_init__(self):
         for name in ("depths", "outs", "mids"):
@@ -77,10 +93,13 @@ class Subspace:
         return out[:n]
 
     def contains(self, arch: Arch) -> bool:
-        if official_problem(arch) is not None or arch.depths not in self.depth_patterns():
+        """Whether arch is tied (one output code a stage, the stem's that of stage 1) and each of
+        its depths and codes is allowed here."""
+        if arch.depths not in self.depth_patterns() or arch.stem_ratio != arch.blocks[0][0][1]:
             return False
         for stage, pairs in enumerate(arch.blocks):
-            if any(out not in self.outs[stage] or mid not in self.mids[stage] for mid, out in pairs):
+            out = pairs[0][1]
+            if out not in self.outs[stage] or any(o != out or m not in self.mids[stage] for m, o in pairs):
                 return False
         return True
 
