@@ -233,3 +233,12 @@ def format_difference(name_a: str, name_b: str, diff: Mapping[str, Mapping]) -> 
         verdict = (f"{name_a} better" if lo > 0 else f"{name_b} better" if hi < 0 else "no difference shown")
         lines.append(f"{m}: {name_a} - {name_b} = {v['d']:.4f} [{lo:.4f}, {hi:.4f}] ({verdict})")
     return lines
+
+
+def mean_draws(preds: Sequence[Mapping[str, float]], truth: Mapping[str, float], ks: Sequence[int] = (5, 10),
+               resamples: int = RESAMPLES, seed: int = SEED, allow_extra: bool = True) -> dict[str, np.ndarray]:
+    """metric_draws of each prediction (e.g. one per training seed), averaged: the draws of a mean
+    metric. Two calls with the same seed are paired, so their difference draws compare two rows."""
+    codes, values, t = _aligned(list(preds), truth, allow_extra)
+    each = [metric_draws(p, t, codes, ks, resamples, seed) for p in values]
+    return {m: np.mean([d[m] for d in each], axis=0) for m in each[0]}
