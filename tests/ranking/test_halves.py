@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from track1.ranking.halves import (BLOCK, HalfTally, SplitHalves, accuracy_se, self_agreement,
-                                   spearman_brown_kendall)
+from track1.ranking.halves import (BLOCK, HalfTally, SplitHalves, accuracy_se, describe_agreement, images_for,
+                                   self_agreement, spearman_brown_kendall)
 
 
 def test_every_block_of_images_is_halved_exactly_and_the_same_way_each_time():
@@ -87,6 +87,16 @@ def test_spearman_brown_projection():
     assert 0.3 < spearman_brown_kendall(0.3) < spearman_brown_kendall(0.3, 4) < 1
     # Gaussian reliability: r = sin(pi/2 * 0.3) = 0.454 -> 2r/(1+r) = 0.625 -> tau 0.430
     assert spearman_brown_kendall(0.3) == pytest.approx(2 / math.pi * math.asin(0.6245), abs=1e-3)
+
+
+def test_images_for_a_target_agreement_inverts_the_projection():
+    needed = images_for(0.3, 1000)  # halves of 500 images agree at 0.3
+    assert spearman_brown_kendall(0.3, needed / 500) == pytest.approx(0.8)
+    assert images_for(0.0, 1000) == math.inf and images_for(0.9, 1000) < 500
+    line = describe_agreement({"half": 0.3, "half_min": 0.2, "half_max": 0.4, "full": spearman_brown_kendall(0.3),
+                               "codes": 50, "images": 1000, "splits": 16, "missing": 0})
+    assert "Kendall 0.300 between rankings from two random halves of the 1000 validation images" in line
+    assert f"sets of about {needed:,.0f} images would agree at 0.8" in line
 
 
 def test_accuracy_se_is_the_standard_error_of_the_per_image_outcomes():
