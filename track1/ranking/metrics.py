@@ -176,9 +176,9 @@ def plot(pred: Mapping[str, float], truth: Mapping[str, float], path: str | os.P
     ax.set_xlabel("true (stand-alone) accuracy")
     ax.set_ylabel("predicted accuracy (or score)")
     ax.grid(True, alpha=0.3)
-    stats_line = "  ".join(f"{name} {m[k]:.3f} [{intervals[k][0]:.2f}, {intervals[k][1]:.2f}]"
-                           for name, k in (("Kendall", "kendall"), ("Spearman", "spearman"), ("Pearson", "pearson")))
-    stats_line += f"\n(n={m['n']}; bootstrap 95% intervals over the architectures)"
+    cell = {k: f"{m[k]:.3f} [{intervals[k][0]:.2f}, {intervals[k][1]:.2f}]" for k in ("kendall", "spearman", "pearson")}
+    stats_line = (f"Kendall {cell['kendall']}  Spearman {cell['spearman']}\n"
+                  f"Pearson {cell['pearson']}  (n={m['n']}; 95% bootstrap intervals over the codes)")
     ax.set_title(f"{title}\n{stats_line}" if title else stats_line, fontsize=9)
     fig.tight_layout()
     path = Path(path)
