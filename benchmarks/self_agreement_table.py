@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from track1.files import read_jsonl  # noqa: E402
-from track1.ranking.halves import images_for, self_agreement  # noqa: E402
+from track1.ranking.halves import self_agreement  # noqa: E402
 from track1.ranking.submission import break_ties  # noqa: E402
 
 
@@ -45,9 +45,9 @@ def main(argv=None) -> int:
         images = next(iter(records.values())).get("images")
         runs[(path.parent.parent.name, len(records))].append((images, path, records))
     print(f"command: {' '.join(sys.argv)}")
-    print("| run | codes | val_images | split-half [range] | N vs N | images for 0.8 | top-1 std | distinct top-1 "
+    print("| run | codes | val_images | split-half [range] | N vs N | top-1 std | distinct top-1 "
           "| median acc_se | Kendall with the smallest count | 45k list (estimated) |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for (run, _), logs in runs.items():
         logs.sort(key=lambda item: item[0])
         first = None
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             first = ranking if first is None else first
             minutes = args.list_minutes * (args.calib_images + images) / (args.calib_images + args.list_images)
             print(f"| {run} | {len(records)} | {images} | {a['half']:.3f} [{a['half_min']:.3f}, "
-                  f"{a['half_max']:.3f}] | {a['full']:.3f} | {images_for(a['half'], images):,.0f} | {accs.std():.4f} "
+                  f"{a['half_max']:.3f}] | {a['full']:.3f} | {accs.std():.4f} "
                   f"| {len(set(accs.tolist()))} | {np.median([r['acc_se'] for r in records.values()]):.4f} "
                   f"| {with_first:.3f} | {minutes:.0f} min |")
     return 0

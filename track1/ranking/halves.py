@@ -93,17 +93,6 @@ def spearman_brown_kendall(tau_half: float, factor: float = 2.0) -> float:
     return 2 / math.pi * math.asin(min(r_k, 1.0))
 
 
-def images_for(tau_half: float, images: int, target: float = 0.8) -> float:
-    """Validation images at which two independent sets would agree at Kendall `target`, by the
-    projection of spearman_brown_kendall from halves of `images` images (inf without agreement)."""
-    if not math.isfinite(tau_half) or tau_half <= 0:
-        return math.inf
-    r, r_t = math.sin(math.pi * tau_half / 2), math.sin(math.pi * target / 2)
-    if r >= 1:
-        return images / 2
-    return images / 2 * r_t * (1 - r) / (r * (1 - r_t))
-
-
 def self_agreement(records: Iterable[Mapping], tie_break: str = "loss",
                    halves: SplitHalves | None = None) -> dict:
     """{"half": mean split-half Kendall tau-b, "half_min", "half_max", "full": projected to all
@@ -159,9 +148,6 @@ def describe_agreement(a: Mapping) -> str:
             f"random halves of the {a['images']} validation images (mean of {a['splits']} split-halves, "
             f"range {a['half_min']:.3f}..{a['half_max']:.3f}, {a['codes']} distinct networks); "
             f"about {a['full']:.3f} for two independent sets of {a['images']} images (Spearman-Brown)")
-    needed = images_for(a["half"], a["images"])
-    text += (f"; sets of about {needed:,.0f} images would agree at 0.8" if math.isfinite(needed)
-             else "; no agreement to project from")
     if a["missing"]:
         text += f"; {a['missing']} records predate per-half sums and are left out"
     return text
