@@ -9,8 +9,9 @@ and range over the 16 split-halves) and its projection to two sets of all the im
 spread over the codes, its distinct values, the median standard error of one code's top-1, the
 Kendall between this ranking and the same run's smallest-count one (they share images, so it
 overstates agreement), and the 45k list's scoring time estimated as linear in the images every
-network sees (calibration + validation) from --list-minutes at --list-images. Rankings are
-`submit`'s: ties in top-1 broken by loss.
+network sees (calibration + validation) from --list-minutes at --list-images. Then, for every
+image count scored by several runs on the same codes, the Kendall between the runs' rankings.
+Rankings are `submit`'s: ties in top-1 broken by loss.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--calib-images", type=int, default=256)
     args = p.parse_args(argv)
 
-    runs: dict[str, list] = defaultdict(list)
+    runs: dict[tuple, list] = defaultdict(list)
     for path in map(Path, args.logs):
         records = {r["key"]: r for r in read_jsonl(path)}
         images = next(iter(records.values())).get("images")
@@ -64,6 +65,16 @@ def main(argv=None) -> int:
                   f"{a['half_max']:.3f}] | {a['full']:.3f} | {accs.std():.4f} "
                   f"| {len(set(accs.tolist()))} | {np.median([r['acc_se'] for r in records.values()]):.4f} "
                   f"| {with_first:.3f} | {minutes:.0f} min |")
+    by_count: dict[tuple, list] = defaultdict(list)  # (codes, images) -> (run, ranking)
+    for (run, _), logs in runs.items():
+        for images, _, records in logs:
+            ranking = break_ties({k: r["acc"] for k, r in records.items()}, {k: r["loss"] for k, r in records.items()})
+            by_count[(tuple(sorted(records)), images)].append((run, ranking))
+    for (keys, images), rankings in by_count.items():
+        for i, (run_a, a) in enumerate(rankings):
+            for run_b, b in rankings[i + 1:]:
+                tau = stats.kendalltau([a[k] for k in keys], [b[k] for k in keys])[0]
+                print(f"{len(keys)} codes, {images} images: {run_a} vs {run_b} ranking Kendall {tau:.3f}")
     return 0
 
 
