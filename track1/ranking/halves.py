@@ -1,10 +1,6 @@
 """Scoring noise: random split-halves of the validation images, each code's per-half sums kept while it is scored, and from them the list's self-agreement and each accuracy's standard error.
 
-The self-agreement estimator (docs/RESULTS.md, README "How sure is a ranking"): for each of SPLITS
-random halvings of the validation images, rank the codes by their accuracy on half A and on half B
-(ties broken by the half's mean loss, as `submit` breaks them) and take Kendall tau-b between the
-two rankings; the mean over the splits is the expected agreement of two rankings made from
-independent image sets of n/2 images each. Projected to n vs n images Spearman-Brown style.
+The estimator is described where users read it: README, "How sure is a ranking".
 """
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Bootstrap confidence intervals over architectures for the rank metrics, and the paired bootstrap of two predictions' difference.
 
-A resample draws n of the n matched codes with replacement; it is held as each code's count, so
-every metric is a weighted one over the original codes, computed for a block of resamples at once
-with numpy (Kendall's tau-b on large lists goes through scipy, one resample at a time, O(n log n)).
-Two predictions bootstrapped with the same seed see the same resamples: their difference is paired.
-Intervals are percentile intervals of the resampled metric.
+A resample is held as each code's draw count, so a block of resamples is one numpy array and every
+metric a weighted one; the same seed gives two predictions the same resamples (a paired difference).
 """
 from __future__ import annotations
 
