@@ -107,3 +107,16 @@ def test_percentile_interval_ignores_undefined_draws():
     draws = np.r_[np.arange(101.0), np.nan]
     assert percentile_interval(draws, 0.9) == pytest.approx([5.0, 95.0], abs=1e-12)
     assert all(math.isnan(v) for v in percentile_interval(np.array([np.nan]), 0.95))
+
+
+def test_mean_draws_average_the_seeds_on_shared_resamples():
+    # method_table's rows: a method's seeds averaged draw by draw; two rows' difference is paired
+    pred_a, truth = _gaussian(40, 0.6, seed=2)
+    pred_b, _ = _gaussian(40, 0.1, seed=8)
+    codes = [f"c{i:05d}" for i in range(40)]
+    a, b, t = _scores(pred_a), _scores(pred_b), _scores(truth)
+    both = intervals.mean_draws([a, b], t, resamples=100, seed=3)
+    each = [metric_draws(p, truth, codes, resamples=100, seed=3) for p in (pred_a, pred_b)]
+    np.testing.assert_allclose(both["kendall"], (each[0]["kendall"] + each[1]["kendall"]) / 2, rtol=0, atol=1e-15)
+    same = intervals.mean_draws([a, b], t, resamples=100, seed=3)
+    assert np.array_equal(both["spearman"] - same["spearman"], np.zeros(100))
