@@ -42,6 +42,20 @@ def run(*args: str, threads: int) -> None:
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
+def interval_cell(draws: np.ndarray) -> str:
+    """'[lo, hi]' of a metric's bootstrap draws."""
+    lo, hi = percentile_interval(draws)
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+def versus_best(ms: list[dict], best_ms: list[dict], draws: dict, best_draws: dict) -> str:
+    """'-0.120 [-0.31, +0.05] tied': a row's seed-mean Kendall minus the best row's, with the paired
+    bootstrap interval (same resamples); "worse" only when the whole interval is below 0."""
+    d = np.mean([m["kendall"] for m in ms]) - np.mean([m["kendall"] for m in best_ms])
+    lo, hi = percentile_interval(draws["kendall"] - best_draws["kendall"])
+    return f"{d:+.3f} [{lo:+.2f}, {hi:+.2f}]" + (" worse" if hi < 0 else " tied")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--truth", required=True, help="official-shape JSON of stand-alone accuracies")
@@ -132,18 +146,10 @@ def main() -> None:
     best = max(range(len(rows)), key=lambda i: np.mean([m["kendall"] for m in rows[i][1]]))
     for i, (label, ms, secs, preds) in enumerate(rows):
         cell = lambda vals: f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
-
-        def metric(k: str) -> str:
-            lo, hi = percentile_interval(draws[i][k])
-            return f"{cell([m[k] for m in ms])} [{lo:.2f}, {hi:.2f}]"
+        metric = lambda k: f"{cell([m[k] for m in ms])} {interval_cell(draws[i][k])}"
         with_flops = cell([rank_metrics(p, flops)["kendall"] for p in preds])
         pairs = [rank_metrics(a, b)["kendall"] for j, a in enumerate(preds) for b in preds[j + 1:]]
-        if i == best:
-            versus = "best"
-        else:
-            d = np.mean([m["kendall"] for m in ms]) - np.mean([m["kendall"] for m in rows[best][1]])
-            lo, hi = percentile_interval(draws[i]["kendall"] - draws[best]["kendall"])
-            versus = f"{d:+.3f} [{lo:+.2f}, {hi:+.2f}]" + (" worse" if hi < 0 else " tied")
+        versus = "best" if i == best else versus_best(ms, rows[best][1], draws[i], draws[best])
         lines.append(f"| {label} | {metric('kendall')} | {metric('spearman')} | {metric('pearson')} | "
                      f"{metric('top5')} | {versus} | {with_flops} | {cell(pairs) if pairs else '-'} | {secs:.0f} |")
     lines += ["", "Kendall, Spearman, Pearson and top-5 overlap are against the truth; ± is the standard "
