@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from track1.pipeline import checkpoint  # noqa: E402
 from track1.pipeline.config import load_config  # noqa: E402
+from track1.ranking.intervals import mean_draws, percentile_interval  # noqa: E402
 from track1.ranking.metrics import load_scores, plot, rank_metrics  # noqa: E402
 from track1.pipeline.standalone import ceiling  # noqa: E402
 from track1.space import SearchSpace  # noqa: E402
@@ -41,6 +42,20 @@ def run(*args: str, threads: int) -> None:
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
+def interval_cell(draws: np.ndarray) -> str:
+    """'[lo, hi]' of a metric's bootstrap draws."""
+    lo, hi = percentile_interval(draws)
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+def versus_best(ms: list[dict], best_ms: list[dict], draws: dict, best_draws: dict) -> str:
+    """'-0.120 [-0.31, +0.05] tied': a row's seed-mean Kendall minus the best row's, with the paired
+    bootstrap interval (same resamples); "worse" only when the whole interval is below 0."""
+    d = np.mean([m["kendall"] for m in ms]) - np.mean([m["kendall"] for m in best_ms])
+    lo, hi = percentile_interval(draws["kendall"] - best_draws["kendall"])
+    return f"{d:+.3f} [{lo:+.2f}, {hi:+.2f}]" + (" worse" if hi < 0 else " tied")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--truth", required=True, help="official-shape JSON of stand-alone accuracies")
@@ -53,6 +68,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="supernet runs at a time (each gets cores/jobs threads)")
     p.add_argument("--threads", type=int, default=0, help="threads per run (0 = cores / jobs)")
     p.add_argument("-o", "--override", action="append", default=[], help="override for every run")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the codes for the intervals")
     args = p.parse_args()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
@@ -119,21 +135,31 @@ def main() -> None:
              f"on {len(truth)} codes. Supernet seeds: {args.seeds}, {args.jobs} run(s) at a time with "
              f"{threads} thread(s) each. Overrides: {' '.join(args.override) or 'none'}. Produced by:", "",
              f"    .venv/bin/python benchmarks/method_table.py {' '.join(sys.argv[1:])}", "",
-             "| method | Kendall | Spearman | Pearson | top-5 overlap | Kendall with FLOPs | seed vs seed | time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | Kendall [95%] | Spearman [95%] | Pearson [95%] | top-5 overlap [95%] | Kendall - best "
+             "row [95%] | Kendall with FLOPs | seed vs seed | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     space = SearchSpace.from_config(load_config(None, args.override))
     flops = {code: float(space.flops(code)) for code in truth}
-    for label, ms, secs, preds in rows:
+    # Bootstrap over the codes, the same resamples for every row (seed 0): a row's interval is its
+    # seed-mean metric's; its difference with the best row is paired.
+    draws = [mean_draws(preds, truth, resamples=args.resamples) for _, _, _, preds in rows]
+    best = max(range(len(rows)), key=lambda i: np.mean([m["kendall"] for m in rows[i][1]]))
+    for i, (label, ms, secs, preds) in enumerate(rows):
         cell = lambda vals: f"{np.mean(vals):.3f}" + (f" ± {np.std(vals):.3f}" if len(vals) > 1 else "")
-        metric = lambda k: cell([m[k] for m in ms])
+        metric = lambda k: f"{cell([m[k] for m in ms])} {interval_cell(draws[i][k])}"
         with_flops = cell([rank_metrics(p, flops)["kendall"] for p in preds])
-        pairs = [rank_metrics(a, b)["kendall"] for i, a in enumerate(preds) for b in preds[i + 1:]]
+        pairs = [rank_metrics(a, b)["kendall"] for j, a in enumerate(preds) for b in preds[j + 1:]]
+        versus = "best" if i == best else versus_best(ms, rows[best][1], draws[i], draws[best])
         lines.append(f"| {label} | {metric('kendall')} | {metric('spearman')} | {metric('pearson')} | "
-                     f"{metric('top5')} | {with_flops} | {cell(pairs) if pairs else '-'} | {secs:.0f} |")
+                     f"{metric('top5')} | {versus} | {with_flops} | {cell(pairs) if pairs else '-'} | {secs:.0f} |")
     lines += ["", "Kendall, Spearman, Pearson and top-5 overlap are against the truth; ± is the standard "
-              "deviation over the seeds. Kendall with FLOPs: how much of a ranking is model size. Seed vs "
-              "seed: Kendall between the rankings of two training seeds of the same method. Time: a "
-              "proxy's is for all codes; a supernet's is its training (from the checkpoint).", "",
+              "deviation over the seeds; [95%] is a percentile bootstrap interval over the truth's codes "
+              f"({args.resamples} resamples, seed 0) of the seed-mean metric. Kendall - best row: the paired "
+              "bootstrap of this row's seed-mean Kendall minus the best row's, on the same resamples; a row "
+              "is worse than the best only when the whole interval is below 0 (\"worse\"), otherwise the "
+              "table cannot tell them apart (\"tied\"). Kendall with FLOPs: how much of a ranking is model "
+              "size. Seed vs seed: Kendall between the rankings of two training seeds of the same method. "
+              "Time: a proxy's is for all codes; a supernet's is its training (from the checkpoint).", "",
               "Plots: " + ", ".join(f"[{p.stem}](plots/{p.name})" for p in plots)]
     table = "\n".join(lines)
     results = REPO / args.results

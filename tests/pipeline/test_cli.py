@@ -161,7 +161,21 @@ def test_evaluate_writes_metrics_and_refuses_other_codes(capsys, tmp_path):
     assert main(args) == 0
     m = json.loads((tmp_path / "pred_vs_truth.json").read_text())
     assert m["kendall"] == pytest.approx(1.0) and m["n"] == 6 and m["top5"] == 1.0
+    assert m["intervals"]["kendall"] == pytest.approx([1.0, 1.0]) and m["bootstrap"]["resamples"] == 1000
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two predictions: the paired bootstrap of their difference, printed and in the JSON.
+    worse = {k: {"acc": [0.3, 0.1, 0.2, 0.5, 0.4, 0.0][i], "arch": c} for i, (k, c) in enumerate(arch.items())}
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    capsys.readouterr()
+    assert main([*args[:3], "--pred", str(tmp_path / "worse.json"), *args[3:5], "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    both = json.loads((tmp_path / "pred_minus_worse_vs_truth.json").read_text())
+    d = both["difference"]["kendall"]
+    assert d["d"] == pytest.approx(1.0 - both["preds"][1]["kendall"]) and both["bootstrap"]["resamples"] == 200
+    assert f"kendall: pred - worse = {d['d']:.4f} [{d['interval'][0]:.4f}, {d['interval'][1]:.4f}]" in out
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--resamples", "0"])
+    assert exit_.value.code == 2 and "--resamples: expected a whole number of at least 1" in capsys.readouterr().err
     del pred["arch2"]
     (tmp_path / "pred.json").write_text(json.dumps(pred))
     code, err = _run(capsys, *args)

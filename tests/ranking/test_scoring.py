@@ -92,6 +92,10 @@ def test_score_list_resumes_and_shares_equal_networks(tmp_path, monkeypatch):
     assert sorted(keys) == sorted(codes) and len(keys) == len(set(keys))
     for k in codes:
         assert resumed[k]["acc"] == full[k]["acc"] and resumed[k]["loss"] == pytest.approx(full[k]["loss"], rel=1e-6)
+        # the scoring-noise fields resume too (track1.ranking.halves)
+        assert [resumed[k][f] for f in ("acc_se", "images", "half_correct")] == \
+            [full[k][f] for f in ("acc_se", "images", "half_correct")]
+        assert resumed[k]["half_loss"] == pytest.approx(full[k]["half_loss"], rel=1e-6)
     assert full["stem1"]["loss"] == full["stem2"]["loss"]
     same = [k for k in codes if SPACE.widths(codes[k]) == SPACE.widths(codes["stem1"])]
     assert sum(full[k]["seconds"] > 0 for k in same) == 1  # the network was scored once
@@ -113,3 +117,31 @@ def test_score_list_refuses_a_code_outside_the_official_sub_space(net, tmp_path)
                                                   f"{len(untied)} has output"):
             score_list(net, SPACE, codes, [], [], out, mode, 1024, progress=False)
     assert not out.exists()  # nothing written
+
+
+def test_score_records_carry_the_standard_error_and_per_half_sums_in_both_modes(tmp_path):
+    from track1.ranking.evaluate import batch_outcomes, calibrate_bn
+    from track1.ranking.halves import SPLITS, SplitHalves
+    paddle.seed(0)
+    net = SuperNet(SPACE, conv="fast")
+    codes = demo_arch_list(4, seed=2)
+    rng = np.random.default_rng(6)
+    calib = _batches(2, 8, 2)
+    val = [(x, paddle.to_tensor(rng.integers(0, 10, 12).astype("int64"))) for x in _batches(3, 12, 3)]
+    got = {mode: score_list(net, SPACE, codes, calib, val, tmp_path / f"{mode}.jsonl", mode, 16, progress=False)
+           for mode in ("per_code", "tree")}  # chunks of 16 images: the tree's tallies span walks
+    rows = SplitHalves().rows(0, 36)
+    for k, code in codes.items():
+        per_code, tree = got["per_code"][k], got["tree"][k]
+        assert per_code["images"] == tree["images"] == 36 and len(per_code["half_correct"]) == SPLITS
+        assert per_code["acc_se"] == pytest.approx(np.sqrt(per_code["acc"] * (1 - per_code["acc"]) / 35))
+        assert tree["half_correct"] == per_code["half_correct"]
+        assert tree["half_loss"] == pytest.approx(per_code["half_loss"], rel=1e-4, abs=1e-5)
+        # by hand: this network's per-image outcomes summed over half A of each split
+        widths = SPACE.widths(code)
+        calibrate_bn(net, widths, calib)
+        correct, losses = zip(*(batch_outcomes(net(x, widths), y) for x, y in val))
+        correct, losses = np.concatenate(correct), np.concatenate(losses)
+        assert per_code["half_correct"] == (correct @ rows).round().astype(int).tolist()
+        assert per_code["half_loss"] == pytest.approx((losses @ rows).tolist(), rel=1e-5, abs=1e-5)
+        assert correct.mean() == per_code["acc"]

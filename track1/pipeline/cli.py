@@ -61,15 +61,30 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None,
                    help="results log, .jsonl (default: <run.output_dir>/standalone/<list>@<recipe>.jsonl); "
                         "the per-code mean over seeds goes next to it as .json")
-    c = command("evaluate", "ranking quality of predicted accuracies against ground truth")
-    c.add_argument("--pred", required=True, help="official-shape JSON: a submission, proxy scores, ...")
+    c = command("evaluate", "ranking quality of predicted accuracies against ground truth, with bootstrap "
+                            "intervals over the architectures")
+    c.add_argument("--pred", required=True, action="append",
+                   help="official-shape JSON: a submission, proxy scores, ...; give it twice (--pred A --pred B) "
+                        "for the paired bootstrap of A - B")
     c.add_argument("--truth", required=True, help="official-shape JSON of true accuracies (standalone .json)")
     c.add_argument("--out", default=None, help="metrics JSON (default: <pred>_vs_<truth>.json beside --pred)")
     c.add_argument("--plot", default=None, help="also draw predicted vs true accuracy into this PNG")
     c.add_argument("--subset", action="store_true",
                    help="compare on the truth's codes when the predictions cover more (default: the two "
                         "files must hold the same codes)")
+    c.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def cmd_prepare(cfg: dict, args) -> None:
@@ -108,7 +123,7 @@ def cmd_score(cfg: dict, args) -> None:
     from track1.pipeline import runs
     from track1.ranking.scoring import summarize
     ckpt, out, records = runs.score(cfg, args.arch_list, args.checkpoint, runs.parse_shard(args.shard))
-    print(f"scored with {ckpt} -> {out}: {summarize(records)}")
+    print(f"scored with {ckpt} -> {out}: {summarize(records, cfg['submit']['tie_break'])}")
 
 
 def cmd_submit(cfg: dict, args) -> None:
@@ -178,17 +193,42 @@ def cmd_standalone(cfg: dict, args) -> None:
 
 def cmd_evaluate(cfg: dict, args) -> None:
     from track1.files import write_json
-    from track1.ranking.metrics import format_metrics, load_scores, plot, rank_metrics
-    pred_path, truth_path = Path(args.pred), Path(args.truth)
-    pred, truth = load_scores(pred_path), load_scores(truth_path)
-    m = rank_metrics(pred, truth, allow_extra=args.subset)
-    print(f"{pred_path} vs {truth_path}: {format_metrics(m)}")
-    out = Path(args.out) if args.out else pred_path.with_name(f"{pred_path.stem}_vs_{truth_path.stem}.json")
-    write_json(out, {"pred": str(pred_path), "truth": str(truth_path), **m}, indent=1)
+    from track1.ranking import intervals
+    from track1.ranking.metrics import load_scores, plot, rank_metrics
+    if len(args.pred) > 2:
+        raise ConfigError(f"evaluate takes one or two --pred files, got {len(args.pred)}")
+    pred_paths, truth_path = [Path(p) for p in args.pred], Path(args.truth)
+    preds, truth = [load_scores(p) for p in pred_paths], load_scores(truth_path)
+    boot = {"resamples": args.resamples, "seed": args.seed, "level": intervals.LEVEL}
+    print(f"95% intervals: percentile bootstrap over the architectures, {args.resamples} resamples, seed {args.seed}")
+    results = []
+    for path, pred in zip(pred_paths, preds):
+        m = rank_metrics(pred, truth, allow_extra=args.subset)
+        ci = intervals.rank_intervals(pred, truth, resamples=args.resamples, seed=args.seed,
+                                      allow_extra=args.subset)
+        print(f"{path} vs {truth_path}: {intervals.format_with_intervals(m, ci)}")
+        results.append({"pred": str(path), **m, "intervals": ci})
+        if args.plot:
+            png = Path(args.plot)
+            if len(preds) > 1:
+                png = png.with_name(f"{png.stem}_{path.stem}{png.suffix}")
+            plot(pred, truth, png, title=path.stem, allow_extra=args.subset, intervals=ci)
+            print(f"plot: {png}")
+    first = pred_paths[0]
+    if len(preds) == 1:
+        default_out = first.with_name(f"{first.stem}_vs_{truth_path.stem}.json")
+        report = {"truth": str(truth_path), **results[0], "bootstrap": boot}
+    else:
+        default_out = first.with_name(f"{first.stem}_minus_{pred_paths[1].stem}_vs_{truth_path.stem}.json")
+        diff = intervals.paired_difference(*preds, truth, resamples=args.resamples, seed=args.seed,
+                                           allow_extra=args.subset)
+        print("paired bootstrap (same resamples for both):")
+        for line in intervals.format_difference(first.stem, pred_paths[1].stem, diff):
+            print(f"  {line}")
+        report = {"truth": str(truth_path), "preds": results, "difference": diff, "bootstrap": boot}
+    out = Path(args.out) if args.out else default_out
+    write_json(out, report, indent=1)
     print(f"metrics: {out}")
-    if args.plot:
-        plot(pred, truth, Path(args.plot), title=pred_path.stem, allow_extra=args.subset)
-        print(f"plot: {args.plot}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from track1.network.supernet import SuperNet
+from track1.ranking.halves import HalfTally
 from track1.space import Widths
 
 
@@ -40,28 +42,45 @@ def batch_sums(logits: paddle.Tensor, y: paddle.Tensor) -> tuple[int, float]:
     return correct, F.cross_entropy(logits, y, reduction="sum").item()
 
 
+def batch_outcomes(logits: paddle.Tensor, y: paddle.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's top-1 outcome (bool) and cross-entropy: a HalfTally's input."""
+    correct = (logits.argmax(axis=1) == y).numpy()
+    return correct, F.cross_entropy(logits, y, reduction="none").numpy().reshape(-1)
+
+
+def head_sums(logits: paddle.Tensor, y: paddle.Tensor, tally: HalfTally | None) -> tuple[int, float]:
+    """batch_sums, the images' outcomes added to the tally when one is kept (the sums stay the
+    same numbers either way)."""
+    if tally is not None:
+        tally.add(*batch_outcomes(logits, y))
+    return batch_sums(logits, y)
+
+
 @paddle.no_grad()
 def evaluate_batches(forward: Callable[[paddle.Tensor], paddle.Tensor],
-                     batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of forward(x) over the (x, y) batches."""
+                     batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]],
+                     tally: HalfTally | None = None) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of forward(x) over the (x, y) batches; with a tally,
+    the per-half sums of the split-halves too (track1.ranking.halves)."""
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in batches:
-        c, s = batch_sums(forward(x), y)
+        c, s = head_sums(forward(x), y, tally)
         correct, loss_sum, n = correct + c, loss_sum + s, n + int(y.shape[0])
     return correct / n, loss_sum / n
 
 
-def evaluate(model: SuperNet, widths: Widths,
-             batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]]) -> tuple[float, float]:
+def evaluate(model: SuperNet, widths: Widths, batches: Iterable[tuple[paddle.Tensor, paddle.Tensor]],
+             tally: HalfTally | None = None) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) of the subnet over the batches, BN in eval mode."""
     model.eval()
-    return evaluate_batches(lambda x: model(x, widths), batches)
+    return evaluate_batches(lambda x: model(x, widths), batches, tally)
 
 
-def score_widths(model: SuperNet, widths: Widths, calib: Iterable, val: Iterable) -> tuple[float, float]:
+def score_widths(model: SuperNet, widths: Widths, calib: Iterable, val: Iterable,
+                 tally: HalfTally | None = None) -> tuple[float, float]:
     """Per-code scoring: re-calibrate the subnet's BN, then evaluate it."""
     calibrate_bn(model, widths, calib)
-    return evaluate(model, widths, val)
+    return evaluate(model, widths, val, tally)
 
 
 @contextlib.contextmanager

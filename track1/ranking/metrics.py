@@ -152,14 +152,19 @@ def load_scores(path: str | os.PathLike) -> dict[str, float]:
 
 
 def plot(pred: Mapping[str, float], truth: Mapping[str, float], path: str | os.PathLike,
-         title: str = "", allow_extra: bool = True) -> dict:
+         title: str = "", allow_extra: bool = True, intervals: Mapping[str, list[float]] | None = None) -> dict:
     """Scatter of predicted (y) against true (x) accuracy over truth's codes, the three
-    correlations in the title; written atomically (format from the suffix, default PNG).
+    correlations with their bootstrap 95% intervals in the title (intervals.rank_intervals' default
+    resamples and seed unless given); written atomically (format from the suffix, default PNG).
     Returns the metrics it shows."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from track1.ranking.intervals import rank_intervals  # it builds on this module
+
     m = rank_metrics(pred, truth, allow_extra=allow_extra)
+    if intervals is None:
+        intervals = rank_intervals(pred, truth, allow_extra=allow_extra)
     codes = match(pred, truth, allow_extra)
     t = np.array([truth[c] for c in codes], np.float64)
     p = np.array([pred[c] for c in codes], np.float64)
@@ -171,8 +176,9 @@ def plot(pred: Mapping[str, float], truth: Mapping[str, float], path: str | os.P
     ax.set_xlabel("true (stand-alone) accuracy")
     ax.set_ylabel("predicted accuracy (or score)")
     ax.grid(True, alpha=0.3)
-    stats_line = (f"Kendall {m['kendall']:.3f}  Spearman {m['spearman']:.3f}  "
-                  f"Pearson {m['pearson']:.3f}  (n={m['n']})")
+    cell = {k: f"{m[k]:.3f} [{intervals[k][0]:.2f}, {intervals[k][1]:.2f}]" for k in ("kendall", "spearman", "pearson")}
+    stats_line = (f"Kendall {cell['kendall']}  Spearman {cell['spearman']}\n"
+                  f"Pearson {cell['pearson']}  (n={m['n']}; 95% bootstrap intervals over the codes)")
     ax.set_title(f"{title}\n{stats_line}" if title else stats_line, fontsize=9)
     fig.tight_layout()
     path = Path(path)

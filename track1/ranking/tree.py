@@ -29,7 +29,8 @@ import paddle
 import paddle.nn.functional as F
 
 from track1.network.supernet import SuperNet
-from track1.ranking.evaluate import batch_sums, calibration_momentum
+from track1.ranking.evaluate import calibration_momentum, head_sums
+from track1.ranking.halves import Tallies
 from track1.ranking.trie import Node, build_trie, part_of
 from track1.space import Widths, layer_sequence
 
@@ -128,35 +129,40 @@ class _ChunkNorm:
 
 def score_tree(model: SuperNet, widths_list: Sequence[Widths], calib: Iterable[paddle.Tensor],
                val: Iterable[tuple[paddle.Tensor, paddle.Tensor]], chunk_images: int,
-               timings: dict[str, float] | None = None) -> Iterator[tuple[Widths, float, float]]:
+               timings: dict[str, float] | None = None,
+               tallies: Tallies | None = None) -> Iterator[tuple[Widths, float, float]]:
     """(widths, top-1, mean CE) for every distinct Widths, each as soon as it is final.
 
     Equal to per-code scoring (evaluate.score_widths) for each subnet up to float rounding, with
     at most chunk_images images' activations held along a path. Results come in depth-first order
     of the trie (sorted children) within groups of GROUP subnets, not in list order. calib and val
     are iterated once per group (an EvalSet converts each batch as it is reached). A `timings` dict
-    receives the wall seconds spent in the stem, stage1..stage4 and head.
+    receives the wall seconds spent in the stem, stage1..stage4 and head; `tallies` (halves.Tallies)
+    holds each subnet's per-half sums when its result is yielded.
     """
-    for widths, correct, loss_sum, n in tree_sums(model, widths_list, calib, val, chunk_images, timings):
+    for widths, correct, loss_sum, n in tree_sums(model, widths_list, calib, val, chunk_images, timings,
+                                                  tallies):
         yield widths, correct / n, loss_sum / n
 
 
 def tree_sums(model: SuperNet, widths_list: Sequence[Widths], calib: Iterable[paddle.Tensor],
               val: Iterable[tuple[paddle.Tensor, paddle.Tensor]], chunk_images: int,
-              timings: dict[str, float] | None = None) -> Iterator[tuple[Widths, int, float, int]]:
+              timings: dict[str, float] | None = None,
+              tallies: Tallies | None = None) -> Iterator[tuple[Widths, int, float, int]]:
     """score_tree's results as (widths, correct images, summed cross-entropy, images)."""
     distinct = sorted(dict.fromkeys(widths_list), key=layer_sequence)
     with paddle.no_grad():
         for i in range(0, len(distinct), GROUP):
             trie = build_trie(distinct[i:i + GROUP])
-            yield from _Walks(model, trie, timings).run(chunks(calib, val, chunk_images))
+            yield from _Walks(model, trie, timings, tallies).run(chunks(calib, val, chunk_images))
 
 
 class _Walks:
     """The walks of one trie over a sequence of chunks; results are yielded during the last one."""
 
-    def __init__(self, model: SuperNet, root: Node, timings: dict[str, float] | None):
-        self.model, self.root, self.timings = model, root, timings
+    def __init__(self, model: SuperNet, root: Node, timings: dict[str, float] | None,
+                 tallies: Tallies | None = None):
+        self.model, self.root, self.timings, self.tallies = model, root, timings, tallies
         self.stats: dict = {}   # (node, BN layer) -> its running mean and variance
         self.sums: dict = {}    # widths -> [correct, loss sum] over the evaluation chunks so far
         self.n_val = 0
@@ -186,7 +192,8 @@ class _Walks:
                 sums = self.sums.setdefault(widths, [0, 0.0])
                 if chunk.n_evals:
                     evals = y[chunk.n_calib:] if chunk.n_calib else y
-                    correct, loss = batch_sums(self.model.head(evals), chunk.labels)
+                    tally = None if self.tallies is None else self.tallies[widths]
+                    correct, loss = head_sums(self.model.head(evals), chunk.labels, tally)
                     sums[0], sums[1] = sums[0] + correct, sums[1] + loss
                 self._time("head", start)
                 if last:
