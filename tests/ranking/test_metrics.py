@@ -51,6 +51,9 @@ def test_values_match_scipy_and_a_hand_count():
     assert m["kendall"] == pytest.approx((5 - 1) / 6)  # 5 concordant, 1 discordant pair
     assert m["top1"] == 0.0 and m["top2"] == 1.0
     assert "kendall 0.6667" in format_metrics(m) and "n 4" in format_metrics(m)
+    with_ci = format_metrics(m, {"kendall": (0.5, 0.8), "top1": (0.0, 1.0)})
+    assert "kendall 0.6667 [0.50, 0.80]" in with_ci and "top1 0.00 [0.00, 1.00]" in with_ci
+    assert "spearman 0.8000 [nan, nan]" in with_ci and with_ci.endswith("  n 4")
 
 
 def test_top_k_overlap_caps_k_and_breaks_ties_by_code():

@@ -194,7 +194,7 @@ def cmd_standalone(cfg: dict, args) -> None:
 def cmd_evaluate(cfg: dict, args) -> None:
     from track1.files import write_json
     from track1.ranking import intervals
-    from track1.ranking.metrics import load_scores, plot, rank_metrics
+    from track1.ranking.metrics import format_metrics, load_scores, plot, rank_metrics
     if len(args.pred) > 2:
         raise ConfigError(f"evaluate takes one or two --pred files, got {len(args.pred)}")
     pred_paths, truth_path = [Path(p) for p in args.pred], Path(args.truth)
@@ -206,7 +206,7 @@ def cmd_evaluate(cfg: dict, args) -> None:
         m = rank_metrics(pred, truth, allow_extra=args.subset)
         ci = intervals.rank_intervals(pred, truth, resamples=args.resamples, seed=args.seed,
                                       allow_extra=args.subset)
-        print(f"{path} vs {truth_path}: {intervals.format_with_intervals(m, ci)}")
+        print(f"{path} vs {truth_path}: {format_metrics(m, ci)}")
         results.append({"pred": str(path), **m, "intervals": ci})
         if args.plot:
             png = Path(args.plot)

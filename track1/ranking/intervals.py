@@ -209,19 +209,6 @@ def paired_difference(pred_a: Mapping[str, float], pred_b: Mapping[str, float], 
     return {m: {"d": ma[m] - mb[m], "interval": percentile_interval(da[m] - db[m], level)} for m in da}
 
 
-def format_with_intervals(m: Mapping, intervals: Mapping[str, Sequence[float]]) -> str:
-    """'kendall 0.8123 [0.70, 0.90]  ...  n 30'."""
-    parts = []
-    for k, v in m.items():
-        if k == "n":
-            parts.append(f"n {v}")
-            continue
-        digits = 2 if k.startswith("top") else 4
-        lo, hi = intervals.get(k, (math.nan, math.nan))
-        parts.append(f"{k} {v:.{digits}f} [{lo:.2f}, {hi:.2f}]")
-    return "  ".join(parts)
-
-
 def format_difference(name_a: str, name_b: str, diff: Mapping[str, Mapping]) -> list[str]:
     """'kendall: A - B = 0.0412 [-0.0310, 0.1150]' per metric, with the verdict."""
     lines = []

@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -103,16 +103,19 @@ def rank_metrics(pred: Mapping[str, float], truth: Mapping[str, float], ks: Iter
     return out
 
 
-def format_metrics(m: Mapping) -> str:
-    """'kendall 0.8123  spearman 0.9401  pearson 0.9312  top5 0.60  top10 0.70  n 30'."""
+def format_metrics(m: Mapping, intervals: Mapping[str, Sequence[float]] | None = None) -> str:
+    """'kendall 0.8123  spearman 0.9401  pearson 0.9312  top5 0.60  top10 0.70  n 30'; with
+    intervals (track1.ranking.intervals), each value followed by its own: 'kendall 0.8123 [0.70, 0.90]'."""
     parts = []
     for k, v in m.items():
         if k == "n":
             parts.append(f"n {v}")
-        elif k.startswith("top"):
-            parts.append(f"{k} {v:.2f}")
-        else:
-            parts.append(f"{k} {v:.4f}")
+            continue
+        text = f"{k} {v:.{2 if k.startswith('top') else 4}f}"
+        if intervals is not None:
+            lo, hi = intervals.get(k, (math.nan, math.nan))
+            text += f" [{lo:.2f}, {hi:.2f}]"
+        parts.append(text)
     return "  ".join(parts)
 
 
