@@ -214,8 +214,9 @@ def cmd_export(cfg: dict, args) -> None:
     if not codes:
         print("export: nothing to export (export.top_k is 0 and no --code, --arch-list or --submission)")
         return
-    for out in export(cfg, codes, args.checkpoint, args.force):
-        print(f"exported {out.name} -> {out}")
+    for out, info in export(cfg, codes, args.checkpoint, args.force):
+        top1 = [f"{what} {d['acc']:.4f}" for what, d in (("top-1", info["exported"]), ("score logged", info["score"])) if d]
+        print(f"exported {out.name} -> {out}" + (f" ({', '.join(top1)})" if top1 else ""))
 
 
 def cmd_evaluate(cfg: dict, args) -> None:

@@ -145,7 +145,7 @@ def input_normalization(cfg: dict) -> dict:
         note = "unaugmented"
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-        note = "resized and centre-cropped as the project's evaluation does (track1/data/images.py)"
+        note = "shorter side resized (bilinear) to int(resolution / 0.875), centre crop of resolution"
     return {"scale": 1 / 255, "mean": [round(float(m), 6) for m in mean],
             "std": [round(float(s), 6) for s in std], "layout": "NCHW RGB float32", "note": note}
 
@@ -179,9 +179,9 @@ def export_code(cfg: dict, model: SuperNet, space: SearchSpace, code: str, ckpt:
         acc, loss = evaluate_batches(net, val)
         info["exported"] = {"acc": acc, "loss": loss, "images": val.n, "mode": "per_code"}
         logged = info["score"]
-        if logged and logged["acc"] != acc:
+        if logged and logged["acc"] != acc:  # tree mode's statistics equal per_code's up to float rounding
             print(f"export {code}: top-1 {acc:.6f} on the scoring images, score logged {logged['acc']:.6f} "
-                  f"(score.mode {s['mode']}: float rounding flipped a near tie)", file=sys.stderr)
+                  f"(score.mode {s['mode']})", file=sys.stderr)
     _write(out, state, inference_network(net, space, act), info)
     return info
 
@@ -206,10 +206,10 @@ def _write(out: Path, state: dict, plain: ResNet, info: dict) -> None:
 
 # -- the command ----------------------------------------------------------------------------------
 def export(cfg: dict, codes: list[str], given_checkpoint: str | None = None,
-           force: bool = False) -> list[Path]:
-    """Export every code with the run's checkpoint (or the given one) into output/<run>/export/<code>/.
-    Everything that can be checked is, before any work: an existing directory (unless force), the
-    checkpoint."""
+           force: bool = False) -> list[tuple[Path, dict]]:
+    """Export every code with the run's checkpoint (or the given one) into output/<run>/export/<code>/:
+    (directory, export.json) each. Everything that can be checked is, before any work: an existing
+    directory (unless force), the checkpoint."""
     outs = [export_dir(cfg, c) for c in codes]
     taken = [o for o in outs if o.exists()]
     if taken and not force:
@@ -221,9 +221,7 @@ def export(cfg: dict, codes: list[str], given_checkpoint: str | None = None,
     space, model = runs.load_supernet(cfg, ckpt)
     calib = calibration_batches(cfg)
     val = validation_batches(cfg) if cfg["export"]["evaluate"] else None
-    for code, out in zip(codes, outs):
-        export_code(cfg, model, space, code, ckpt, calib, val, out)
-    return outs
+    return [(out, export_code(cfg, model, space, code, ckpt, calib, val, out)) for code, out in zip(codes, outs)]
 
 
 # -- inherited stand-alone training ---------------------------------------------------------------
