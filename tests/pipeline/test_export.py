@@ -38,7 +38,7 @@ def _argv(tmp_path, *more):
 
 
 def _close(got, want, scale=1e-5):
-    """Equal to float rounding: |got - want| <= 1e-5 of the largest logit."""
+    """Equal to float rounding: |got - want| <= scale times the largest logit."""
     np.testing.assert_allclose(got, want, rtol=0, atol=scale * np.abs(want).max())
 
 
@@ -107,20 +107,25 @@ def test_exported_logits_equal_the_calibrated_subnet_eager_jit_and_paddle_infere
     calibrate_bn(model, widths, calibration_batches(cfg))
     with paddle.no_grad():
         want = model(x, widths).numpy()
-        eager = ResNet(widths, space, conv=cfg["train"]["conv"])
+        eager = ResNet(widths, space, conv=cfg["train"]["conv"])  # the supernet's kernels: the same numbers
         ex.load_exported(eager, out / "model.pdparams")
         eager.eval()
-        _close(eager(x).numpy(), want)
+        np.testing.assert_array_equal(eager(x).numpy(), want)
+        stock = ResNet(widths, space, conv="stock")  # Paddle's kernels, as traced: float rounding apart
+        ex.load_exported(stock, out / "model.pdparams")
+        stock.eval()
+        plain = stock(x).numpy()
+        _close(plain, want, 1e-4)
         loaded = paddle.jit.load(str(out / "inference"))
         loaded.eval()
-        _close(loaded(x).numpy(), want)
+        _close(loaded(x).numpy(), plain, 1e-6)
     config = paddle.inference.Config(str(out / "inference.json"), str(out / "inference.pdiparams"))
     config.disable_gpu()
     predictor = paddle.inference.create_predictor(config)
     handle = predictor.get_input_handle(predictor.get_input_names()[0])
     handle.copy_from_cpu(x.numpy())
     predictor.run()
-    _close(predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu(), want)
+    _close(predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu(), plain, 1e-5)
 
 
 # The baseline's stand-alone network of a code (model.py Model(arch) of xiteng01/CVPR_2022_Track1_demo), written

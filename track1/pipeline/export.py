@@ -187,8 +187,8 @@ def export_code(cfg: dict, model: SuperNet, space: SearchSpace, code: str, ckpt:
 
 
 def _write(out: Path, state: dict, plain: ResNet, info: dict) -> None:
-    """All three files into a temporary directory, then renamed to out (an old out is replaced only
-    then): a kill at any moment leaves the old export or the new one, whole."""
+    """All three files into a temporary directory, then renamed to out (an old out is moved aside only
+    then): a kill at any moment leaves the old export (at worst as .<code>.old) or the new one, whole."""
     tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
