@@ -280,6 +280,8 @@ def test_standalone_fine_tunes_the_exported_networks(run, capsys):
     scratch = load_config(None, _overrides(tmp, *st))
     assert records[0]["recipe"] == standalone.recipe_hash(inherited, ex.inherited_source(inherited, codes.values()))
     assert records[0]["recipe"] != standalone.recipe_hash(scratch)
+    assert all(r["init"]["config_hash"] == json.loads((ex.export_dir(inherited, r["code"]) / "export.json")
+                                                      .read_text())["config_hash"] for r in records)
     # evaluate takes the inherited ground truth like any other
     assert main(["evaluate", "--pred", str(tmp / "submit" / "tiny.json"), "--truth", str(truth),
                  "--resamples", "50"]) == 0

@@ -1,7 +1,8 @@
 """Stand-alone ground truth: train listed architectures from scratch as plain networks with one fixed recipe.
 
 Each (code, seed) pair trains `ResNet(space.widths(code))` from its own initialisation with the
-recipe of the config's `standalone:` section, then reports top-1 and mean cross-entropy on the
+recipe of the config's `standalone:` section (with standalone.init_from=export, from the code's exported
+network instead: track1.pipeline.export), then reports top-1 and mean cross-entropy on the
 first `standalone.val_images` validation images. Initialisation is `paddle.seed(seed)`; the data
 order and augmentation are those of `TrainData` for run.seed = seed, so a pair's result is a pure
 function of (config, code, seed) at a fixed thread count.
@@ -209,7 +210,7 @@ def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
     """Train every (key, seed) pair; returns the official-shape summary also written as JSON.
 
     Each finished pair is appended to the JSONL log at out_path as
-    {"key", "code", "seed", "acc", "loss", "seconds", "epochs", "recipe"}; pairs already in the log
+    {"key", "code", "seed", "acc", "loss", "seconds", "epochs", "recipe"} (and "init"); pairs already in the log
     are not trained again, and a torn last line (a kill mid-write) is cut first. VisualDL curves go
     to <out_path without suffix>/vdl/<code>_s<seed>. `init`: as recipe_hash's. A log written with
     another recipe, or giving a key another code, is refused (StandaloneError). The summary
@@ -256,6 +257,8 @@ def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
             rec = {"key": key, "code": code, "seed": seed, "acc": float(result["acc"]),
                    "loss": float(result["loss"]), "seconds": float(result["seconds"]),
                    "epochs": float(result["epochs"]), "recipe": recipe}
+            if init:  # what the network was fine-tuned from
+                rec["init"] = init
             append_jsonl(out_path, [rec])
             done[key, seed] = rec
             by_network.setdefault(net_key, rec)
