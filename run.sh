@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Track 1 pipeline end to end: prepare -> pretrain -> train -> fewshot -> score -> submit
-# (pretrain and fewshot only when configured).
+# The Track 1 pipeline end to end: prepare -> pretrain -> train -> fewshot -> score -> submit -> export
+# (pretrain, fewshot and export only when configured; export: the export.top_k best codes, replaced on a re-run).
 #
 #   bash run.sh                                   # embedded default (Fashion-MNIST, CPU)
 #   bash run.sh -c configs/finetune.yaml          # pretrain the full network, then the supernet from it
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument '$1' (see bash run.sh --help)" >&2; exit 2 ;;
   esac
 done
-STAGES=(prepare pretrain train fewshot score submit)
+STAGES=(prepare pretrain train fewshot score submit export)
 case " ${STAGES[*]} " in *" $FROM "*) ;; *) echo "run.sh: --from must be one of: ${STAGES[*]}" >&2; exit 2 ;; esac
 [ -f "$CONFIG" ] || { echo "run.sh: config file '$CONFIG' not found" >&2; exit 2; }
 if [ -n "${ARCH_LIST:-}" ]; then
@@ -102,6 +102,7 @@ for stage in "${STAGES[@]}"; do
   marker="$RUN_DIR/stages/$stage.done"
   args=("$stage" -c "$CONFIG" "${OVERRIDES[@]}")
   { [ "$stage" = train ] || [ "$stage" = pretrain ]; } && args+=(--resume)
+  [ "$stage" = export ] && args+=(--force)  # the stage runs again only when its inputs changed
   signature="${args[*]}"
   if ! { [ "$FROM_GIVEN" = 1 ] && [ "$FROM" = "$stage" ]; } && [ -f "$marker" ] && [ "$(cat "$marker")" = "$signature" ]; then
     echo "[run.sh] $stage: done earlier ($marker), skipping"

@@ -76,7 +76,8 @@ def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
                    "data: {train_size: 320, batch_size: 32}\n"
                    "train: {epochs: 2, log_every: 5, save_every_steps: 4, eval_images: 200}\n"
                    "score: {calib_images: 64, calib_batch: 32, val_images: 200, eval_batch: 100}\n"
-                   f"submit: {{dir: {tmp_path / 'submit'}}}\n")
+                   f"submit: {{dir: {tmp_path / 'submit'}}}\n"
+                   "export: {top_k: 2}\n")
     arch = tmp_path / "list.json"
     write_arch_list(arch, demo_arch_list(20, 5))
     # An interrupted training run (stopped after 6 of 20 steps) that run.sh must resume.
@@ -94,11 +95,13 @@ def test_run_sh_end_to_end_resumes_and_skips(tmp_path):
     assert list(data) == [f"arch{i}" for i in range(1, 21)]
     assert all(0.0 <= v["acc"] <= 1.0 for v in data.values())
     assert len({v["acc"] for v in data.values()}) > 1  # the supernet tells architectures apart
-    for stage in ("prepare", "train", "score", "submit"):
+    for stage in ("prepare", "train", "score", "submit", "export"):
         assert (tmp_path / "out" / "e2e" / "stages" / f"{stage}.done").exists()
+    best = sorted(data.values(), key=lambda v: -v["acc"])[:2]  # the export stage: the submission's 2 best
+    assert sorted(p.name for p in (tmp_path / "out" / "e2e" / "export").iterdir()) == sorted(v["arch"] for v in best)
     again = _run_sh(tmp_path, "--config", str(cfg), env_extra={"ARCH_LIST": str(arch)})
     assert again.returncode == 0
-    assert all(f"{s}: done earlier" in again.stdout for s in ("prepare", "train", "score", "submit"))
+    assert all(f"{s}: done earlier" in again.stdout for s in ("prepare", "train", "score", "submit", "export"))
     check = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "track1", "validate", str(sub),
                             "--arch-list", str(arch)], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

@@ -20,7 +20,7 @@ SECTION = {
     "weight_decay": 5.0e-4,
     "no_decay_bn_bias": True, "warmup_epochs": 0.2, "label_smoothing": 0.0, "grad_clip": 1.0,
     "batch_size": 32, "train_size": 128, "zero_init_residual": True, "val_images": 64,
-    "seeds": [0, 1], "num_codes": 0, "log_every": 1, "visualdl": True,
+    "seeds": [0, 1], "num_codes": 0, "log_every": 1, "visualdl": True, "init_from": "",
 }
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
 CODES = demo_arch_list(3, 11, SPACE)

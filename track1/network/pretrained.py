@@ -33,16 +33,19 @@ class PretrainedError(UserError):
     """A full-network file that does not fit the configured supernet."""
 
 
-def organizer_name(name: str) -> str:
-    """The organizers' name of a supernet tensor (stem_conv.weight -> blocks.0.conv.weight, ...)."""
+def organizer_name(name: str, depths: tuple[int, ...] = MAX_DEPTHS) -> str:
+    """The organizers' name of a supernet tensor (stem_conv.weight -> blocks.0.conv.weight, ...).
+    `depths`: those of a plain network of one code, whose blocks the baseline's model.py `Model(code)`
+    numbers consecutively (blocks.1 to blocks.D, the head blocks.D+1); at the maximum depths this is
+    resnet48's numbering."""
     if name.startswith("stem_conv."):
         return "blocks.0.conv." + name.split(".", 1)[1]
     if name.startswith("stem_bn."):
         return "blocks.0.bn." + name.split(".", 1)[1]
     if name.startswith("fc."):
-        return f"blocks.{HEAD_BLOCK}.fc." + name.split(".", 1)[1]
+        return f"blocks.{1 + sum(depths)}.fc." + name.split(".", 1)[1]
     stage, block, layer, tensor = re.fullmatch(r"stages\.(\d)\.(\d)\.(\w+)\.(\w+)", name).groups()
-    return f"blocks.{STAGE_FIRST_BLOCK[int(stage)] + int(block)}.{_PROJECT[layer]}.{tensor}"
+    return f"blocks.{1 + sum(depths[:int(stage)]) + int(block)}.{_PROJECT[layer]}.{tensor}"
 
 
 def project_name(name: str) -> str | None:

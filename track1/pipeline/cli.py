@@ -11,7 +11,7 @@ from track1.pipeline.config import check, load_config, run_dir
 
 
 # Commands that run networks: they take run.device (the others only read and write files).
-COMPUTES = {"pretrain", "train", "fewshot", "score", "proxies", "standalone", "preflight"}
+COMPUTES = {"pretrain", "train", "fewshot", "score", "proxies", "standalone", "preflight", "export"}
 
 
 
@@ -61,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None,
                    help="results log, .jsonl (default: <run.output_dir>/standalone/<list>@<recipe>.jsonl); "
                         "the per-code mean over seeds goes next to it as .json")
+    c = command("export", "write codes as plain Paddle networks with score's BN re-calibration: "
+                          "output/<run>/export/<code>/ (model.pdparams in the organizers' names, inference.json "
+                          "+ inference.pdiparams, export.json)")
+    which = c.add_mutually_exclusive_group()
+    which.add_argument("--code", default=None, help="one 52-character code of the official sub-space")
+    which.add_argument("--arch-list", default=None, help="official-format JSON: its first --top codes (default all)")
+    which.add_argument("--submission", default=None, help="a submission: its --top best codes")
+    c.add_argument("--top", type=_positive, default=None,
+                   help="how many codes (default: export.top_k; without a file, the run's submission's best)")
+    c.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
+    c.add_argument("--force", action="store_true", help="replace existing export directories")
     c = command("evaluate", "ranking quality of predicted accuracies against ground truth, with bootstrap "
                             "intervals over the architectures")
     c.add_argument("--pred", required=True, action="append",
@@ -179,9 +190,13 @@ def cmd_standalone(cfg: dict, args) -> None:
     st = cfg["standalone"]
     chosen = spread_codes(codes, SearchSpace.from_config(cfg), st["num_codes"])
     seeds = list(st["seeds"])
-    out = (Path(args.out) if args.out else
-           Path(cfg["run"]["output_dir"]) / "standalone" / f"{name}@{recipe_hash(cfg)}.jsonl")
-    summary = run_standalone(cfg, chosen, seeds, out)
+    init = None
+    if st["init_from"] == "export":  # fine-tune the exported networks: the file name says so
+        from track1.pipeline.export import inherited_source
+        init = inherited_source(cfg, chosen.values())
+    out = (Path(args.out) if args.out else Path(cfg["run"]["output_dir"]) / "standalone" /
+           f"{name}@{recipe_hash(cfg, init)}{'.inherited' if init else ''}.jsonl")
+    summary = run_standalone(cfg, chosen, seeds, out, init=init)
     print(f"stand-alone accuracy of {len(summary)} codes x {len(seeds)} seeds -> {out.with_suffix('.json')}")
     if len(seeds) >= 2:
         c = ceiling(summary)
@@ -189,6 +204,19 @@ def cmd_standalone(cfg: dict, args) -> None:
               f"the other half {c['half_kendall']:.4f}, one seed vs another {c['pair_kendall']:.4f}")
         print(f"accuracy spread of the codes {c['signal_std']:.4f} vs seed noise {c['seed_std']:.4f} "
               f"(std): two halves of {c['seeds_for_0.8']:.0f} seeds each would agree at tau 0.8")
+
+
+def cmd_export(cfg: dict, args) -> None:
+    from track1.pipeline.export import export, select_codes
+    if args.top is not None and args.code is not None:
+        raise ConfigError("--top goes with --arch-list or --submission, not --code")
+    codes = select_codes(cfg, args.code, args.arch_list, args.submission, args.top)
+    if not codes:
+        print("export: nothing to export (export.top_k is 0 and no --code, --arch-list or --submission)")
+        return
+    for out, info in export(cfg, codes, args.checkpoint, args.force):
+        top1 = [f"{what} {d['acc']:.4f}" for what, d in (("top-1", info["exported"]), ("score logged", info["score"])) if d]
+        print(f"exported {out.name} -> {out}" + (f" ({', '.join(top1)})" if top1 else ""))
 
 
 def cmd_evaluate(cfg: dict, args) -> None:

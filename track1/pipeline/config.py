@@ -23,12 +23,12 @@ NOT_RESULT_KEYS = {"run.name", "run.output_dir", "run.threads", "run.device", "d
                    "standalone.log_every", "standalone.visualdl"}
 # Sections the training fingerprint leaves out: how a trained supernet is scored, submitted, checked
 # and split afterwards (each split step is a run of its own), and the stand-alone ground truth.
-NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot"}
+NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot", "export"}
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
            "train.init_reorder": False, "train.draw": "official",
-           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0}
+           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "standalone.init_from": ""}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
 # neutral value.
 NEUTRAL_SECTIONS = {"train.distill": ("enabled", False), "pretrain": ("enabled", False),
@@ -287,6 +287,7 @@ def _schema() -> dict[str, tuple]:
         "pretrain.lr": at_least(0), "pretrain.min_lr": at_least(0), "pretrain.momentum": ("in", 0, 1),
         "pretrain.weight_decay": at_least(0), "pretrain.warmup_epochs": at_least(0),
         "pretrain.label_smoothing": ("in", 0, 1), "pretrain.grad_clip": at_least(0),
+        "export.top_k": at_least(0), "standalone.init_from": one_of("", "export"),
     }
     return schema
 

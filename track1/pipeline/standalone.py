@@ -1,7 +1,8 @@
 """Stand-alone ground truth: train listed architectures from scratch as plain networks with one fixed recipe.
 
 Each (code, seed) pair trains `ResNet(space.widths(code))` from its own initialisation with the
-recipe of the config's `standalone:` section, then reports top-1 and mean cross-entropy on the
+recipe of the config's `standalone:` section (with standalone.init_from=export, from the code's exported
+network instead: track1.pipeline.export), then reports top-1 and mean cross-entropy on the
 first `standalone.val_images` validation images. Initialisation is `paddle.seed(seed)`; the data
 order and augmentation are those of `TrainData` for run.seed = seed, so a pair's result is a pure
 function of (config, code, seed) at a fixed thread count.
@@ -66,10 +67,13 @@ def data_config(cfg: dict, seed: int) -> dict:
     return out
 
 
-def recipe_hash(cfg: dict) -> str:
-    """Fingerprint of everything that determines a stand-alone result except (code, seed)."""
+def recipe_hash(cfg: dict, init: dict | None = None) -> str:
+    """Fingerprint of everything that determines a stand-alone result except (code, seed); `init`:
+    the exports inherited networks start from (track1.pipeline.export.inherited_source)."""
     recipe = {"standalone": section_keys(cfg, "standalone", _NOT_RECIPE), "space": cfg["space"],
               "data": section_keys(cfg, "data", _NOT_RECIPE_DATA)}
+    if init:
+        recipe["init"] = init
     if cfg["train"]["conv"] != "stock":
         # Float rounding differs; stock stays out so results logged before the key existed resume.
         recipe["conv"] = cfg["train"]["conv"]
@@ -78,9 +82,14 @@ def recipe_hash(cfg: dict) -> str:
 
 # -- one network ----------------------------------------------------------------------------------
 def build_network(cfg: dict, code: str, seed: int) -> tuple[SearchSpace, ResNet]:
-    """The plain network of code, initialised from seed (fresh parameter names every call)."""
+    """The plain network of code, initialised from seed (fresh parameter names every call), or with
+    standalone.init_from=export from the code's exported network (the seed then sets the data order)."""
     space = SearchSpace.from_config(cfg)
-    return space, build_resnet(cfg, space.widths(code), seed, cfg["standalone"]["zero_init_residual"])
+    net = build_resnet(cfg, space.widths(code), seed, cfg["standalone"]["zero_init_residual"])
+    if cfg["standalone"]["init_from"] == "export":
+        from track1.pipeline.export import STATE_FILE, export_dir, load_exported
+        load_exported(net, export_dir(cfg, code) / STATE_FILE)
+    return space, net
 
 
 def fit(cfg: dict, net: ResNet, seed: int, log_dir: str | os.PathLike | None = None,
@@ -197,13 +206,13 @@ def summarize(codes: Mapping[str, str], seeds: Sequence[int],
 
 
 def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
-                   out_path: str | os.PathLike, progress: bool = True) -> dict[str, dict]:
+                   out_path: str | os.PathLike, progress: bool = True, init: dict | None = None) -> dict[str, dict]:
     """Train every (key, seed) pair; returns the official-shape summary also written as JSON.
 
     Each finished pair is appended to the JSONL log at out_path as
-    {"key", "code", "seed", "acc", "loss", "seconds", "epochs", "recipe"}; pairs already in the log
+    {"key", "code", "seed", "acc", "loss", "seconds", "epochs", "recipe"} (and "init"); pairs already in the log
     are not trained again, and a torn last line (a kill mid-write) is cut first. VisualDL curves go
-    to <out_path without suffix>/vdl/<code>_s<seed>. A log written with
+    to <out_path without suffix>/vdl/<code>_s<seed>. `init`: as recipe_hash's. A log written with
     another recipe, or giving a key another code, is refused (StandaloneError). The summary
     (results_json_path(out_path)) is written atomically once every pair is done.
     """
@@ -215,7 +224,7 @@ def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
     if len(set(seeds)) != len(seeds):
         raise StandaloneError(f"seeds {seeds} repeat a seed")
     space = SearchSpace.from_config(cfg)
-    recipe = recipe_hash(cfg)
+    recipe = recipe_hash(cfg, init)
     repair_jsonl(out_path)
     done: dict[tuple[str, int], dict] = {}
     by_network: dict[tuple[Widths, int], dict] = {}
@@ -248,6 +257,8 @@ def run_standalone(cfg: dict, codes: Mapping[str, str], seeds: Sequence[int],
             rec = {"key": key, "code": code, "seed": seed, "acc": float(result["acc"]),
                    "loss": float(result["loss"]), "seconds": float(result["seconds"]),
                    "epochs": float(result["epochs"]), "recipe": recipe}
+            if init:  # what the network was fine-tuned from
+                rec["init"] = init
             append_jsonl(out_path, [rec])
             done[key, seed] = rec
             by_network.setdefault(net_key, rec)
