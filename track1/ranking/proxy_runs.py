@@ -193,6 +193,15 @@ def to_official_json(records: Mapping[str, dict], codes: Mapping[str, str]) -> d
     return out
 
 
+def output_name(cfg: Mapping, list_name: str, spec) -> str:
+    """<list>@<label>[@<res>px][@<seeds>].json: a cheaper proxy resolution and other seeds get files
+    of their own, so both can be kept and compared."""
+    weights = parse_teacher(spec)
+    res = proxy_settings(cfg)["resolution"]
+    tag = ("" if res == cfg["space"]["resolution"] else f"@{res}px") + seeds_tag(cfg, weights)
+    return f"{list_name}@{teacher_label(weights)}{tag}.json"
+
+
 def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, folder: Path) -> Path:
     """The `proxies` command: a proxy's (or an ensemble's, track1.ranking.ensemble) scores of every
     code, in the official shape, at <folder>/<list>@<label>[@<res>px][@<seeds>].json with a .meta.json
@@ -203,8 +212,6 @@ def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, fol
     s = proxy_settings(cfg)
     for note in proxy_notes(cfg, weights):
         print(note, file=sys.stderr)
-    # A cheaper proxy resolution and other seeds get files of their own, so both can be kept and compared.
-    tag = ("" if s["resolution"] == space.resolution else f"@{s['resolution']}px") + seeds_tag(cfg, weights)
     batch = input_batch(cfg, weights)
 
     def run(member: str, keyed: Mapping[str, str], name: str) -> dict[str, dict]:
@@ -234,7 +241,7 @@ def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, fol
                    for k, c in codes.items()}
         meta["reference"] = {"size": len(ref), "seed": cfg["proxies"]["reference_seed"],
                              "mean_std": {m: list(v) for m, v in stats.items()}}
-    final = folder / f"{list_name}@{label}{tag}.json"
+    final = folder / output_name(cfg, list_name, spec)
     write_json(final, to_official_json(records, codes))
     write_json(final.with_name(final.stem + ".meta.json"), meta, indent=1)
     return final
