@@ -124,7 +124,7 @@ def test_plain_meco_degenerates_when_channels_outnumber_positions():
     paddle.seed(0)
     net = ResNet(SPACE.max_widths, SPACE, "relu", "fast")
     net.train()
-    maps = meco.feature_maps(net, paddle.randn([1, 3, 64, 64]))
+    maps = proxies.meco_maps(net, paddle.randn([1, 3, 64, 64]))
     flat = [m for m in maps if m.shape[0] >= m.shape[1] > 1]
     assert len(flat) == len(meco.degenerate(SPACE.max_widths, 64, opt=False)) > 10
     assert all(abs(meco.layer_term(m)) < 1e-5 for m in flat)

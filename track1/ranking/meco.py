@@ -1,10 +1,8 @@
 """MeCo (Jiang et al., NeurIPS 2023): the smallest eigenvalue of the channel correlation of one image's feature maps, summed over layers.
 
-As the authors' code (HamsterMimi/MeCo, foresight/pruners/measures/meco.py; the opt variant in
-correlation/NAS_Bench_201.py): a forward hook on every module takes the first image's output,
-[C, H, W] -> C rows of H*W positions, its Pearson correlation matrix (NaN and inf set to 0), and the
-smallest eigenvalue; opt draws 8 of the C channels and scales by C/8. The network's score is the sum
-over hooked outputs of the finite terms. Which outputs Paddle hooks see: docs/METHODS.md.
+As the authors' code (HamsterMimi/MeCo): per hooked output, the Pearson correlation of the first
+image's C channels over their positions, its smallest eigenvalue (opt: of 8 drawn channels, x C/8),
+summed. The hooks: track1.ranking.proxies.meco_maps; which outputs they see: docs/METHODS.md.
 """
 from __future__ import annotations
 
@@ -49,7 +47,7 @@ def total(terms: Sequence[float]) -> float:
     return float(t[np.isfinite(t)].sum())
 
 
-def _first(out) -> np.ndarray:
+def first_image(out: paddle.Tensor) -> np.ndarray:
     """The first image's output as [channels, positions] (the authors' data_output[0].reshape(C, -1))."""
     a = out[0].numpy()
     return a.reshape(a.shape[0], -1)
@@ -68,32 +66,10 @@ def functional_outputs(net: nn.Layer) -> dict[int, list]:
     return extra
 
 
-def feature_maps(net: nn.Layer, x: paddle.Tensor) -> list[np.ndarray]:
-    """The first image's output of every layer (the network itself included) in the order the
-    forward computes them, plus functional_outputs; each [channels, positions] in float32."""
-    maps: list[np.ndarray] = []
-    extra = functional_outputs(net)
-
-    def hook(layer, inp, out):
-        maps.append(_first(out))
-        for fn in extra.get(id(layer), ()):
-            maps.append(_first(fn(out[:1])))
-
-    hooks = [l.register_forward_post_hook(hook) for l in net.sublayers(include_self=True)]
-    try:
-        with paddle.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return maps
-
-
-def score(net: nn.Layer, x: paddle.Tensor, rng: Optional[np.random.Generator] = None) -> float:
-    """MeCo of net on x's first image, BN in train mode as in the authors' fresh torch networks;
-    with rng, meco_opt (its channel draws in the forward's order of the outputs)."""
-    net.train()
-    return total([layer_term(f, rng) for f in feature_maps(net, x[:1])])
+def score(maps: Sequence[np.ndarray], rng: Optional[np.random.Generator] = None) -> float:
+    """MeCo of a network's first-image outputs in forward order (proxies.meco_maps); with rng,
+    meco_opt, its channel draws in that order."""
+    return total([layer_term(f, rng) for f in maps])
 
 
 # -- where it cannot work --------------------------------------------------------------------------

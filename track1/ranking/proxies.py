@@ -9,6 +9,7 @@ teacher: track1/teacher.py; MeCo's measure: track1/ranking/meco.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Optional, Tuple
 
@@ -76,6 +77,17 @@ def _sum(values) -> float:
     return float(sum(v.item() for v in values))
 
 
+@contextlib.contextmanager
+def _post_hooks(layers, hook):
+    """hook(layer, input, output) on each layer's forward for the duration of the block."""
+    handles = [l.register_forward_post_hook(hook) for l in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _loss_and_grads(net: nn.Layer, batch: Batch) -> list:
     x, y = batch
     net.train()
@@ -138,13 +150,9 @@ def fisher(widths, space, batch, seed=0, act="relu") -> float:
     net = _fresh(widths, space, act, seed)
     net.train()
     acts: list = []
-    hooks = [l.register_forward_post_hook(lambda layer, inp, out: acts.append(out))
-             for l in net.sublayers() if isinstance(l, (nn.Conv2D, nn.Linear))]
-    try:
+    with _post_hooks([l for l in net.sublayers() if isinstance(l, (nn.Conv2D, nn.Linear))],
+                     lambda layer, inp, out: acts.append(out)):
         loss = F.cross_entropy(net(x), y)
-    finally:
-        for h in hooks:
-            h.remove()
     # The weights too: a fast-conv node must give every gradient it can (track1.network.conv.conv2d).
     grads = paddle.grad(loss, acts + _weights(net))[:len(acts)]
     total = 0.0
@@ -196,14 +204,9 @@ def naswot(widths, space, batch, seed=0, act="relu") -> float:
 
     # Every activation layer: the inner ReLUs and the outer block activation (a code is the sign
     # of its input, which for a ReLU is whether the unit is active).
-    hooks = [l.register_forward_post_hook(hook) for l in net.sublayers()
-             if isinstance(l, (nn.ReLU, nn.PReLU, nn.Mish))]
-    try:
-        with paddle.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with _post_hooks([l for l in net.sublayers() if isinstance(l, (nn.ReLU, nn.PReLU, nn.Mish))], hook), \
+            paddle.no_grad():
+        net(x)
     return logdet(naswot_kernel(codes))
 
 
@@ -244,11 +247,28 @@ def zen(widths, space, batch=None, seed=0, act="relu") -> float:
     return float(math.log(delta) + bn_log)
 
 
+def meco_maps(net: nn.Layer, x: paddle.Tensor) -> list[np.ndarray]:
+    """MeCo's feature maps: the first image's output of every layer (the network itself included),
+    in the order the forward computes them, plus meco.functional_outputs; BN in train mode, as in
+    the authors' fresh torch networks. Each [channels, positions], float32."""
+    maps: list[np.ndarray] = []
+    extra = meco_measure.functional_outputs(net)
+
+    def hook(layer, inp, out):
+        maps.append(meco_measure.first_image(out))
+        maps.extend(meco_measure.first_image(fn(out[:1])) for fn in extra.get(id(layer), ()))
+
+    net.train()
+    with _post_hooks(net.sublayers(include_self=True), hook), paddle.no_grad():
+        net(x[:1])
+    return maps
+
+
 def _meco(widths, space, batch, seed, act, opt: bool) -> float:
     net = _fresh(widths, space, act, seed)
     rng = np.random.default_rng(seed)  # the image, then meco_opt's channel draws
     x = rng.standard_normal([1] + _input_shape(space, batch, 1)[1:], dtype=np.float32)
-    return meco_measure.score(net, paddle.to_tensor(x), rng if opt else None)
+    return meco_measure.score(meco_maps(net, paddle.to_tensor(x)), rng if opt else None)
 
 
 def meco(widths, space, batch=None, seed=0, act="relu") -> float:
