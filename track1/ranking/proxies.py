@@ -202,8 +202,9 @@ def naswot(widths, space, batch, seed=0, act="relu") -> float:
     def hook(layer, inp, out):
         codes.append((inp[0] > 0).reshape([inp[0].shape[0], -1]).numpy())
 
-    # Every activation layer: the inner ReLUs and the outer block activation (a code is the sign
-    # of its input, which for a ReLU is whether the unit is active).
+    # Every activation layer: each block's outer activation (a code is the sign of its input, which
+    # for a ReLU is whether the unit is active). The stem's and the blocks' inner ReLUs are
+    # functional (track1.network.layers.conv_bn_act): no hook sees them, unlike Mellor et al.'s.
     with _post_hooks([l for l in net.sublayers() if isinstance(l, (nn.ReLU, nn.PReLU, nn.Mish))], hook), \
             paddle.no_grad():
         net(x)
