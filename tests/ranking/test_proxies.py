@@ -468,5 +468,9 @@ def test_proxies_command_meco_opt_names_its_seeds_and_warns(tmp_path, capsys, of
                         for s in range(10)])
     assert out["arch1"]["acc"] == pytest.approx(expected, rel=1e-12)
     # An ensemble with members of other seeds names each member's.
-    assert proxy_runs.seeds_tag(load_config(None, []), ["flops", "snip", "meco_opt"]) == "@snip-seed0+meco_opt-seeds0-9"
-    assert proxy_runs.seeds_tag(load_config(None, []), ["flops", "snip"]) == ""
+    cfg = load_config(None, [])
+    assert proxy_runs.seeds_tag(cfg, ["flops", "snip", "meco_opt"]) == "@meco_opt-seeds0-9"
+    assert proxy_runs.seeds_tag(cfg, ["flops", "snip"]) == "" and proxy_runs.seeds_tag(cfg, ["flops"]) == ""
+    cfg = load_config(None, ["proxies.seed=2"])
+    assert proxy_runs.seeds_tag(cfg, ["snip", "meco_opt"]) == "@snip-seed2+meco_opt-seeds2-11"
+    assert proxy_runs.output_name(cfg, "list", "meco_opt") == "list@meco_opt@seeds2-11.json"

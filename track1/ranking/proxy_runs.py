@@ -44,7 +44,7 @@ def proxy_seeds(cfg: Mapping, name: str) -> list[int]:
 
 def seeds_tag(cfg: Mapping, names: Iterable[str]) -> str:
     """The seeds in an output's file name: "" at the default seed 0 alone, "@seeds0-9" when every
-    seeded member has the same, else each member's, "@snip-seed0+meco_opt-seeds0-9"."""
+    seeded member has the same, else each member's that is not seed 0 alone, "@meco_opt-seeds0-9"."""
     def label(seeds):
         return f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{seeds[0]}-{seeds[-1]}"
     seeded = {n: proxy_seeds(cfg, n) for n in names if n not in SEED_FREE}
@@ -53,7 +53,7 @@ def seeds_tag(cfg: Mapping, names: Iterable[str]) -> str:
         return ""
     if len(kinds) == 1:
         return "@" + label(next(iter(kinds)))
-    return "@" + "+".join(f"{n}-{label(v)}" for n, v in seeded.items())
+    return "@" + "+".join(f"{n}-{label(v)}" for n, v in seeded.items() if v != [0])
 
 
 def proxy_notes(cfg: Mapping, names: Iterable[str]) -> list[str]:
