@@ -1,7 +1,11 @@
 """Cost and agreement of every zero-cost proxy at the competition's scale: 224 px, width 1.0, 1000 classes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_proxies.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_proxies.py --proxies snip,meco_opt --codes 20 \
+        --out output/bench_proxies/meco.jsonl         # the cost rows of MeCo_opt beside snip's
 
+Each proxy averages its own default number of seeds (proxies.repeats 0: 10 for meco_opt, so its
+seconds are those of 10 one-image forwards).
 Two processes may share the work (--proxies), each with its own --out; their seconds then come from
 a shared machine, so time on a quiet one separately (--per-proxy NAME=3 ... --out timing.jsonl) and
 merge: --report-only --out values.jsonl --more-logs other.jsonl --times-from timing.jsonl.
@@ -10,8 +14,8 @@ On a seeded subset of official codes (read from the official list, not sampled) 
 Gaussian batch (proxies.input: gaussian), each proxy scores its first N codes of the subset at 224 px
 and at a cheaper resolution (--cheap), batch 16; the first --timing-codes codes are also timed at
 batch 64. Measurements go to a resumable JSONL log (--out); the report prints, per proxy: seconds
-per code, what that makes over the distinct networks of the 45k list and per RD-NAS pair member (one
-new network each), Kendall tau between the 224 px and the cheap ranking, and Kendall tau with FLOPs;
+per code, what that makes over the distinct networks of the 45k list and as the teacher of an RD-NAS
+run (--teacher-*: each step scores 2 x pairs new networks), Kendall tau between the 224 px and the cheap ranking, and Kendall tau with FLOPs;
 the same for the ensembles (--ensemble), z-scored over the measured codes (track1/ranking/ensemble.py).
 """
 from __future__ import annotations
@@ -38,6 +42,11 @@ parser.add_argument("--ensemble", action="append", default=None,
                     help="teacher spec (comma-separated names); default snip,synflow and "
                          "snip,grad_norm,synflow,zen")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--width-mult", type=float, default=1.0, help="below 1 only to check the script quickly")
+parser.add_argument("--teacher-epochs", type=float, default=100, help="the RD-NAS run the teacher cost is for")
+parser.add_argument("--teacher-images", type=int, default=1281167, help="training images an epoch (ImageNet)")
+parser.add_argument("--teacher-batch", type=int, default=1024, help="global batch (configs/imagenet.yaml: 8 x 128)")
+parser.add_argument("--teacher-pairs", type=int, default=2, help="train.ranking.pairs: 2 new networks each")
 parser.add_argument("--out", default=str(ROOT / "output/bench_proxies/measurements.jsonl"))
 parser.add_argument("--report-only", action="store_true", help="print the report of what is measured")
 parser.add_argument("--more-logs", nargs="*", default=[], help="other measurement logs to report with --out")
@@ -55,7 +64,7 @@ from track1.ranking.proxy_runs import gaussian_batch  # noqa: E402
 from track1.space import SearchSpace, unique_widths  # noqa: E402
 from track1.ranking.submission import load_arch_list  # noqa: E402
 
-space = SearchSpace(width_mult=1.0, resolution=224, num_classes=1000)
+space = SearchSpace(width_mult=args.width_mult, resolution=224, num_classes=1000)
 official = list(load_arch_list(args.arch_list).values())
 subset = [official[i] for i in np.random.default_rng(args.seed).choice(len(official), args.codes, replace=False)]
 chosen = [n for n in args.proxies.split(",") if n] or list(proxies.PROXIES)
@@ -70,8 +79,9 @@ repair_jsonl(out)
 
 
 def by_key(path: Path) -> dict:
-    """A measurement log's records by (proxy, resolution, batch, code)."""
-    return {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(path)}
+    """A measurement log's records at this width by (proxy, resolution, batch, code)."""
+    return {(r["proxy"], r["resolution"], r["batch"], r["code"]): r for r in read_jsonl(path)
+            if r.get("width_mult", 1.0) == args.width_mult}
 
 
 done = by_key(out)
@@ -93,7 +103,8 @@ def measure(name: str, code: str, res: int, batch: int) -> None:
     # CPU time as well as wall time: on a shared machine the wall time also counts waiting.
     rec = {"proxy": name, "resolution": res, "batch": batch, "code": code, "score": score,
            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-           "threads": os.environ["OMP_NUM_THREADS"],
+           "threads": os.environ["OMP_NUM_THREADS"], "repeats": proxies.default_repeats(name),
+           "width_mult": args.width_mult,
            "conv": "stock" if name in proxies.STOCK_CONV else "fast"}
     append_jsonl(out, [rec])
     done[key] = rec
@@ -148,25 +159,34 @@ def kendall(a: dict, b: dict) -> tuple[float, int]:
 networks = len(unique_widths(space, official))
 flops = {c: float(space.flops(c)) for c in subset}
 cheap, B, TB = args.cheap, args.batch, args.timing_batch
-print(f"\n{len(official)} official codes = {networks} distinct networks at width 1.0; subset of {args.codes} "
-      f"(seed {args.seed}); Gaussian batch; {os.environ['OMP_NUM_THREADS']} thread(s). Seconds: median CPU "
-      f"time per code (wall time in brackets); 45k list = distinct networks x CPU s at batch {B}; an RD-NAS "
-      f"pair member is one new network (the s/code), a sandwich step with 2 pairs has up to 4.")
+steps = args.teacher_epochs * args.teacher_images / args.teacher_batch
+teacher_nets = steps * 2 * args.teacher_pairs
+print(f"\n{len(official)} official codes = {networks} distinct networks at width {args.width_mult}; subset of "
+      f"{args.codes} (seed {args.seed}); Gaussian batch; {os.environ['OMP_NUM_THREADS']} thread(s). Seconds: median "
+      f"CPU time per code (wall time in brackets), with the proxy's default seeds (x N); 45k list = distinct networks "
+      f"x CPU s at batch {B}; RD-NAS teacher = {args.teacher_epochs:g} epochs x {args.teacher_images} images / batch "
+      f"{args.teacher_batch} = {steps:.0f} steps x {2 * args.teacher_pairs} new networks x CPU s at batch {B}.")
 print(f"| proxy | codes | s/code 224 b{B} | 224 b{TB} | {cheap} b{B} | {cheap} b{TB} | 45k list CPU-h 224 / {cheap} "
-      f"| Kendall 224 vs {cheap} | Kendall with FLOPs 224 / {cheap} |")
-print("|---|---|---|---|---|---|---|---|---|")
+      f"| RD-NAS teacher CPU-h 224 / {cheap} | Kendall 224 vs {cheap} | Kendall with FLOPs 224 / {cheap} |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for name in proxies.PROXIES:
     full, low = scores(name, space.resolution), scores(name, cheap)
+    if not full and name not in chosen:
+        continue
     k_res, n_res = kendall(full, low)
     k_f, n_f = kendall(full, flops)
     k_fc, _ = kendall(low, flops)
     t = {(res, b): seconds(name, res, b) for res in resolutions for b in (B, TB)}
     hours = [t[res, B] * networks / 3600 for res in resolutions]
-    print(f"| {name} | {len(full)} | {t[224, B]:.2f} ({seconds(name, 224, B, 'seconds'):.2f}) | {t[224, TB]:.2f} "
-          f"| {t[cheap, B]:.2f} | {t[cheap, TB]:.2f} | {hours[0]:.1f} / {hours[1]:.1f} "
+    teacher = [t[res, B] * teacher_nets / 3600 for res in resolutions]
+    seeds = proxies.default_repeats(name)
+    print(f"| {name}{f' (x{seeds})' if seeds > 1 else ''} | {len(full)} | {t[224, B]:.2f} "
+          f"({seconds(name, 224, B, 'seconds'):.2f}) | {t[224, TB]:.2f} | {t[cheap, B]:.2f} | {t[cheap, TB]:.2f} "
+          f"| {hours[0]:.1f} / {hours[1]:.1f} | {teacher[0]:.0f} / {teacher[1]:.0f} "
           f"| {k_res:.3f} (n={n_res}) | {k_f:.3f} / {k_fc:.3f} (n={n_f}) |")
 
-for spec in args.ensemble or ["snip,synflow", "snip,grad_norm,synflow,zen"]:
+defaults = [e for e in ("snip,synflow", "snip,grad_norm,synflow,zen") if set(e.split(",")) <= set(chosen)]
+for spec in args.ensemble or defaults:
     weights = parse_teacher(spec)
     member = {(n, res): scores(n, res) for n in weights for res in resolutions}
     common = [c for c in subset if all(c in m for m in member.values())]

@@ -29,6 +29,7 @@ from track1.pipeline import checkpoint  # noqa: E402
 from track1.pipeline.config import load_config  # noqa: E402
 from track1.ranking.intervals import mean_draws, percentile_interval  # noqa: E402
 from track1.ranking.metrics import load_scores, plot, rank_metrics  # noqa: E402
+from track1.ranking.proxy_runs import output_name  # noqa: E402
 from track1.pipeline.standalone import ceiling  # noqa: E402
 from track1.space import SearchSpace  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> None:
         start = time.time()
         run("proxies", "--proxy", name, "--arch-list", str(arch_file), *common, "-o", "run.name=proxies",
             threads=threads)
-        pred_file = out / "proxies" / "proxies" / f"benchmark_codes@{name}.json"
+        pred_file = out / "proxies" / "proxies" / output_name(load_config(None, args.override), "benchmark_codes", name)
         m = rank_metrics(load_scores(pred_file), truth)
         proxy_tau[name] = m["kendall"]
         rows.append((f"proxy: {name}", [m], time.time() - start, [load_scores(pred_file)]))

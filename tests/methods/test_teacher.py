@@ -168,3 +168,28 @@ def test_ensemble_teacher_run_resumed_ends_with_the_same_weights(tmp_path):
     (cache,) = (tmp_path / "b" / "tiny" / "teacher").glob("*.jsonl")
     keys = [(r["proxy"], r["widths"]) for r in map(json.loads, cache.read_text().splitlines()[1:])]
     assert len(keys) == len(set(keys)) > 2 * 4
+
+
+def test_meco_opt_teacher_averages_its_ten_seeds_and_caches_their_cost(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "train.ranking.teacher=meco_opt")
+    space = SearchSpace.from_config(cfg)
+    t = Teacher(cfg, space, CACHE(tmp_path))
+    assert capsys.readouterr().err.startswith("warning: meco_opt at 32 px: ")   # the default's 32 px
+    w = space.widths(space.smallest())
+    assert t(w) == proxies.compute("meco_opt", w, space, None, seed=0, repeats=10)
+    assert t.settings["proxies"]["repeats"] == 10 and t.seconds > 0
+    (rec,) = map(json.loads, t.path.read_text().splitlines()[1:])
+    assert rec["proxy"] == "meco_opt" and rec["seconds"] == pytest.approx(t.seconds, abs=1e-4)
+    again = Teacher(cfg, space, CACHE(tmp_path))
+    assert again(w) == t(w) and again.computed == 0 and again.cache_seconds == rec["seconds"]
+
+
+def test_the_cache_key_of_a_teacher_without_meco_is_unchanged(tmp_path):
+    # proxies.repeats 0 (each proxy's own seeds) keys a snip teacher as repeats 1 always did, so the
+    # caches of runs before per-proxy seeds are still found.
+    cfg = tiny_config(tmp_path, "train.ranking.teacher=snip,synflow")
+    assert cfg["proxies"]["repeats"] == 0
+    settings = teacher_mod.teacher_settings(cfg, parse_teacher("snip,synflow"))
+    assert settings["proxies"] == {"batch_size": 64, "resolution": 32, "seed": 0, "repeats": 1, "input": "data"}
+    mixed = teacher_mod.teacher_settings(cfg, parse_teacher("snip,meco_opt"))
+    assert mixed["proxies"]["repeats"] == {"snip": 1, "meco_opt": 10}

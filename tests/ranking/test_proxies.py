@@ -317,8 +317,16 @@ def test_proxy_settings():
     assert proxy_runs.proxy_settings(cfg)["resolution"] == 64
     with pytest.raises(ConfigError, match="proxies.input: 'noise' is not one of data, gaussian"):
         load_config(None, ["proxies.input=noise"])
-    with pytest.raises(ConfigError, match="proxies.repeats: must be at least 1, got 0"):
-        load_config(None, ["proxies.repeats=0"])
+    with pytest.raises(ConfigError, match="proxies.repeats: must be at least 0, got -1"):
+        load_config(None, ["proxies.repeats=-1"])
+    # repeats 0 (the default) is each proxy's own number of seeds; any other value is every proxy's.
+    cfg = load_config(None, [])
+    assert cfg["proxies"]["repeats"] == 0
+    assert [proxy_runs.proxy_repeats(cfg, n) for n in ("snip", "meco", "meco_opt")] == [1, 1, 10]
+    assert proxy_runs.proxy_seeds(cfg, "meco_opt") == list(range(10)) and proxy_runs.proxy_seeds(cfg, "flops") == []
+    cfg = load_config(None, ["proxies.repeats=3", "proxies.seed=5"])
+    assert [proxy_runs.proxy_repeats(cfg, n) for n in ("snip", "meco_opt")] == [3, 3]
+    assert proxy_runs.proxy_seeds(cfg, "snip") == [5, 6, 7]
 
 
 # -- input without a dataset ---------------------------------------------------------------------
@@ -388,3 +396,81 @@ def test_proxies_command_at_imagenet_scale_without_imagenet(tmp_path, capsys, of
     batch = proxy_runs.gaussian_batch(4, 32, 1000, 0)
     for key, code in picked.items():
         assert out[key]["acc"] == proxies.compute("snip", code, space, batch, seed=0)
+
+
+# -- log names carry the settings; seeds in the output's name -----------------------------------
+def _small_list(tmp_path, official_codes, n=2):
+    from track1.ranking.submission import write_arch_list
+    listed = tmp_path / f"small{n}.json"
+    picked = {f"arch{i + 1}": official_codes[i * 7000] for i in range(n)}
+    write_arch_list(listed, picked)
+    return listed, picked
+
+
+def _cheap(tmp_path, listed):
+    return ["--arch-list", str(listed), "-o", f"run.output_dir={tmp_path}", "-o", "space.width_mult=0.125",
+            "-o", "proxies.batch_size=2", "-o", "proxies.input=gaussian"]
+
+
+def test_another_setting_starts_a_proxy_log_of_its_own(tmp_path, capsys, official_codes):
+    from track1.pipeline.cli import main
+    listed, picked = _small_list(tmp_path, official_codes)
+    common = ["proxies", "--proxy", "grad_norm", *_cheap(tmp_path, listed)]
+    assert main(common) == 0
+    first = json.loads((tmp_path / "fmnist_sandwich" / "proxies" / "small2@grad_norm.json").read_text())
+    # Another activation (and another batch) used to be refused: "holds scores for {...}".
+    assert main(common + ["-o", "space.act=mish"]) == 0
+    assert main(common + ["-o", "proxies.batch_size=3"]) == 0
+    folder = tmp_path / "fmnist_sandwich" / "proxies"
+    logs = sorted(folder.glob("small2@grad_norm.*.jsonl"))
+    assert len(logs) == 3 and all(p.with_suffix(".settings.json").exists() for p in logs)
+    acts = {json.loads(p.with_suffix(".settings.json").read_text())["act"] for p in logs}
+    assert acts == {"relu", "mish"}
+    # Back to the first setting: its own log is read (nothing recomputed, the same scores).
+    before = {p: p.read_text() for p in logs}
+    assert main(common) == 0
+    assert {p: p.read_text() for p in logs} == before
+    assert json.loads((folder / "small2@grad_norm.json").read_text()) == first
+
+
+def test_a_proxy_log_of_the_old_name_is_still_read(tmp_path, official_codes):
+    from track1.ranking.submission import load_arch_list
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "space.width_mult=0.125", "proxies.input=gaussian"])
+    listed, picked = _small_list(tmp_path, official_codes)
+    folder = tmp_path / "proxies"
+    folder.mkdir()
+    setting = proxy_runs.run_setting(cfg, "synflow")
+    old = folder / "small2@synflow.jsonl"                # as every log was named before settings keys
+    old.write_text("".join(json.dumps({"key": k, "code": c, "score": 100.0 + i, "seconds": 1.0, **setting}) + "\n"
+                           for i, (k, c) in enumerate(picked.items())))
+    final = proxy_runs.score_proxies(cfg, load_arch_list(listed), "small2", "synflow", folder)
+    assert [v["acc"] for v in json.loads(final.read_text()).values()] == [100.0, 101.0]
+    assert not list(folder.glob("small2@synflow.*.jsonl"))
+    # An old log of another setting is left alone: the new setting starts a keyed log.
+    cfg["proxies"]["seed"] = 1
+    final = proxy_runs.score_proxies(cfg, load_arch_list(listed), "small2", "synflow", folder)
+    assert final.name == "small2@synflow@seed1.json" and len(list(folder.glob("small2@synflow.*.jsonl"))) == 1
+    assert 100.0 not in [v["acc"] for v in json.loads(final.read_text()).values()]
+
+
+def test_proxies_command_meco_opt_names_its_seeds_and_warns(tmp_path, capsys, official_codes):
+    from track1.pipeline.cli import main
+    listed, picked = _small_list(tmp_path, official_codes, n=1)
+    assert main(["proxies", "--proxy", "meco_opt", *_cheap(tmp_path, listed)]) == 0
+    err = capsys.readouterr().err
+    assert [l[:28] for l in err.splitlines() if l.startswith("warning")] == ["warning: meco_opt at 32 px: "]
+    folder = tmp_path / "fmnist_sandwich" / "proxies"
+    out = json.loads((folder / "small1@meco_opt@seeds0-9.json").read_text())
+    meta = json.loads((folder / "small1@meco_opt@seeds0-9.meta.json").read_text())
+    assert meta["seeds"] == {"meco_opt": list(range(10))} and meta["input"] == {"meco_opt": "none"}
+    space = SearchSpace(0.125, 32, 10)
+    expected = np.mean([proxies.compute("meco_opt", picked["arch1"], space, None, seed=s, repeats=1)
+                        for s in range(10)])
+    assert out["arch1"]["acc"] == pytest.approx(expected, rel=1e-12)
+    # An ensemble with members of other seeds names each member's.
+    cfg = load_config(None, [])
+    assert proxy_runs.seeds_tag(cfg, ["flops", "snip", "meco_opt"]) == "@meco_opt-seeds0-9"
+    assert proxy_runs.seeds_tag(cfg, ["flops", "snip"]) == "" and proxy_runs.seeds_tag(cfg, ["flops"]) == ""
+    cfg = load_config(None, ["proxies.seed=2"])
+    assert proxy_runs.seeds_tag(cfg, ["snip", "meco_opt"]) == "@snip-seed2+meco_opt-seeds2-11"
+    assert proxy_runs.output_name(cfg, "list", "meco_opt") == "list@meco_opt@seeds2-11.json"

@@ -272,7 +272,7 @@ def _schema() -> dict[str, tuple]:
         "submit.tie_break": one_of("loss", "none"),
         "monitor.every_epochs": at_least(0), "monitor.num_codes": at_least(2),
         "monitor.calib_images": at_least(1), "monitor.val_images": at_least(0),
-        "proxies.batch_size": at_least(2), "proxies.resolution": at_least(0), "proxies.repeats": at_least(1),
+        "proxies.batch_size": at_least(2), "proxies.resolution": at_least(0), "proxies.repeats": at_least(0),
         "proxies.input": one_of(INPUTS), "proxies.reference_size": at_least(2),
         "standalone.epochs": (">", 0), "standalone.lr": at_least(0), "standalone.momentum": ("in", 0, 1),
         "standalone.weight_decay": at_least(0), "standalone.warmup_epochs": at_least(0),

@@ -5,10 +5,11 @@ caller-supplied batch (x, y) where it needs data; `compute` is the entry point. 
 track1.network.conv's fast mode (oneDNN on the CPU; equal to stock to float rounding), except in grasp,
 whose Hessian-vector product needs the stock kernel's double backward (synflow's float64 runs stock
 by itself). Lists, settings and input batches: track1/proxy_runs.py; ensembles and the RD-NAS
-teacher: track1/teacher.py.
+teacher: track1/teacher.py; MeCo's measure: track1/ranking/meco.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Optional, Tuple
 
@@ -18,6 +19,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from track1.network.resnet import ResNet
+from track1.ranking import meco as meco_measure
 from track1.ranking.double_backward import ce_double_backward, grasp_logits, remove_batchnorm
 from track1.space import SearchSpace, Widths
 
@@ -34,6 +36,9 @@ NEEDS_LABELS = frozenset({"grad_norm", "snip", "grasp", "fisher"})
 JACOB_K = 1e-5       # eigenvalue offset of Mellor et al.'s jacob_cov score
 ZEN_GAMMA = 1e-2     # input perturbation size of Zen-NAS
 DEFAULT_BATCH = 64   # Gaussian batch size of zen when the caller gives no batch
+# Seeds a score averages when the caller does not say (`repeats=None`): meco_opt's one image and
+# channel draw vary much from seed to seed (docs/METHODS.md).
+DEFAULT_REPEATS = {"meco_opt": 10}
 # Proxies whose networks convolve with Paddle's stock kernel: grasp needs its double backward, and
 # synflow computes in float64, which oneDNN's fast path does not take.
 STOCK_CONV = frozenset({"grasp", "synflow"})
@@ -70,6 +75,17 @@ def _input_shape(space: SearchSpace, batch: Optional[Batch], n: int) -> list[int
 
 def _sum(values) -> float:
     return float(sum(v.item() for v in values))
+
+
+@contextlib.contextmanager
+def _post_hooks(layers, hook):
+    """hook(layer, input, output) on each layer's forward for the duration of the block."""
+    handles = [l.register_forward_post_hook(hook) for l in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _loss_and_grads(net: nn.Layer, batch: Batch) -> list:
@@ -134,13 +150,9 @@ def fisher(widths, space, batch, seed=0, act="relu") -> float:
     net = _fresh(widths, space, act, seed)
     net.train()
     acts: list = []
-    hooks = [l.register_forward_post_hook(lambda layer, inp, out: acts.append(out))
-             for l in net.sublayers() if isinstance(l, (nn.Conv2D, nn.Linear))]
-    try:
+    with _post_hooks([l for l in net.sublayers() if isinstance(l, (nn.Conv2D, nn.Linear))],
+                     lambda layer, inp, out: acts.append(out)):
         loss = F.cross_entropy(net(x), y)
-    finally:
-        for h in hooks:
-            h.remove()
     # The weights too: a fast-conv node must give every gradient it can (track1.network.conv.conv2d).
     grads = paddle.grad(loss, acts + _weights(net))[:len(acts)]
     total = 0.0
@@ -190,16 +202,12 @@ def naswot(widths, space, batch, seed=0, act="relu") -> float:
     def hook(layer, inp, out):
         codes.append((inp[0] > 0).reshape([inp[0].shape[0], -1]).numpy())
 
-    # Every activation layer: the inner ReLUs and the outer block activation (a code is the sign
-    # of its input, which for a ReLU is whether the unit is active).
-    hooks = [l.register_forward_post_hook(hook) for l in net.sublayers()
-             if isinstance(l, (nn.ReLU, nn.PReLU, nn.Mish))]
-    try:
-        with paddle.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    # Every activation layer: each block's outer activation (a code is the sign of its input, which
+    # for a ReLU is whether the unit is active). The stem's and the blocks' inner ReLUs are
+    # functional (track1.network.layers.conv_bn_act): no hook sees them, unlike Mellor et al.'s.
+    with _post_hooks([l for l in net.sublayers() if isinstance(l, (nn.ReLU, nn.PReLU, nn.Mish))], hook), \
+            paddle.no_grad():
+        net(x)
     return logdet(naswot_kernel(codes))
 
 
@@ -240,9 +248,45 @@ def zen(widths, space, batch=None, seed=0, act="relu") -> float:
     return float(math.log(delta) + bn_log)
 
 
+def meco_maps(net: nn.Layer, x: paddle.Tensor) -> list[np.ndarray]:
+    """MeCo's feature maps: the first image's output of every layer (the network itself included),
+    in the order the forward computes them, plus meco.functional_outputs; BN in train mode, as in
+    the authors' fresh torch networks. Each [channels, positions], float32."""
+    maps: list[np.ndarray] = []
+    extra = meco_measure.functional_outputs(net)
+
+    def hook(layer, inp, out):
+        maps.append(meco_measure.first_image(out))
+        maps.extend(meco_measure.first_image(fn(out[:1])) for fn in extra.get(id(layer), ()))
+
+    net.train()
+    with _post_hooks(net.sublayers(include_self=True), hook), paddle.no_grad():
+        net(x[:1])
+    return maps
+
+
+def _meco(widths, space, batch, seed, act, opt: bool) -> float:
+    net = _fresh(widths, space, act, seed)
+    rng = np.random.default_rng(seed)  # the image, then meco_opt's channel draws
+    x = rng.standard_normal([1] + _input_shape(space, batch, 1)[1:], dtype=np.float32)
+    return meco_measure.score(meco_maps(net, paddle.to_tensor(x)), rng if opt else None)
+
+
+def meco(widths, space, batch=None, seed=0, act="relu") -> float:
+    """MeCo (Jiang et al.): the sum over layer outputs of the smallest eigenvalue of the Pearson
+    correlation of one N(0, 1) image's channels (the batch gives only the resolution)."""
+    return _meco(widths, space, batch, seed, act, opt=False)
+
+
+def meco_opt(widths, space, batch=None, seed=0, act="relu") -> float:
+    """MeCo's opt variant: each output's eigenvalue of 8 channels drawn at random, times channels / 8."""
+    return _meco(widths, space, batch, seed, act, opt=True)
+
+
 PROXIES: dict[str, ProxyFn] = {
     "flops": flops, "params": params, "grad_norm": grad_norm, "snip": snip, "grasp": grasp,
     "fisher": fisher, "synflow": synflow, "jacob_cov": jacob_cov, "naswot": naswot, "zen": zen,
+    "meco": meco, "meco_opt": meco_opt,
 }
 
 
@@ -281,15 +325,21 @@ def jacob_cov_score(jac: np.ndarray, k: float = JACOB_K) -> float:
     return float(-np.sum(np.log(v + k) + 1.0 / (v + k)))
 
 
+def default_repeats(name: str) -> int:
+    return DEFAULT_REPEATS.get(name, 1)
+
+
 # -- one score ---------------------------------------------------------------------------------
 def compute(name: str, widths: Widths | str, space: SearchSpace, batch: Optional[Batch] = None,
-            seed: int = 0, act: str = "relu", repeats: int = 1) -> float:
-    """The proxy's score, averaged over seeds seed .. seed + repeats - 1; identical for a seed.
+            seed: int = 0, act: str = "relu", repeats: Optional[int] = None) -> float:
+    """The proxy's score, averaged over seeds seed .. seed + repeats - 1 (None: default_repeats);
+    identical for a seed.
 
     The global Paddle RNG state is restored afterwards, so scoring does not perturb the caller.
     """
     if name not in PROXIES:
         raise ValueError(f"unknown proxy {name!r}: expected one of {', '.join(PROXIES)}")
+    repeats = default_repeats(name) if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if isinstance(widths, str):

@@ -1,6 +1,8 @@
 """Running zero-cost proxies: their settings and input batch, a whole list cached and resumable, the output."""
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
@@ -10,9 +12,10 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from track1.files import append_jsonl, resume_log, write_json
+from track1.files import append_jsonl, digest, resume_log, write_json
+from track1.ranking import meco
 from track1.ranking.ensemble import ensemble_scores, parse_teacher, reference_codes, teacher_label
-from track1.ranking.proxies import NEEDS_DATA, PROXIES, Batch, compute
+from track1.ranking.proxies import NEEDS_DATA, PROXIES, SEED_FREE, Batch, compute, default_repeats
 from track1.space import SearchSpace, Widths
 
 
@@ -22,10 +25,43 @@ SHAPE_FREE = frozenset({"flops", "params"})
 
 
 def proxy_settings(cfg: Mapping) -> dict:
-    """cfg["proxies"] resolved: resolution 0 -> space.resolution."""
+    """cfg["proxies"] resolved: resolution 0 -> space.resolution (repeats as given: proxy_repeats)."""
     p = cfg["proxies"]
     return {"batch_size": p["batch_size"], "resolution": p["resolution"] or cfg["space"]["resolution"],
             "seed": p["seed"], "repeats": p["repeats"], "input": p["input"]}
+
+
+def proxy_repeats(cfg: Mapping, name: str) -> int:
+    """The seeds a proxy's score averages: proxies.repeats, 0 -> the proxy's own default."""
+    return cfg["proxies"]["repeats"] or default_repeats(name)
+
+
+def proxy_seeds(cfg: Mapping, name: str) -> list[int]:
+    """The seeds a proxy's score is the mean over ([] for flops and params, which have none)."""
+    seed = cfg["proxies"]["seed"]
+    return [] if name in SEED_FREE else list(range(seed, seed + proxy_repeats(cfg, name)))
+
+
+def seeds_tag(cfg: Mapping, names: Iterable[str]) -> str:
+    """The seeds in an output's file name: "" at the default seed 0 alone, "@seeds0-9" when every
+    seeded member has the same, else each member's that is not seed 0 alone, "@meco_opt-seeds0-9"."""
+    def label(seeds):
+        return f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{seeds[0]}-{seeds[-1]}"
+    seeded = {n: proxy_seeds(cfg, n) for n in names if n not in SEED_FREE}
+    kinds = {tuple(v) for v in seeded.values()}
+    if not kinds or kinds == {(0,)}:
+        return ""
+    if len(kinds) == 1:
+        return "@" + label(next(iter(kinds)))
+    return "@" + "+".join(f"{n}-{label(v)}" for n, v in seeded.items() if v != [0])
+
+
+def proxy_notes(cfg: Mapping, names: Iterable[str]) -> list[str]:
+    """One-line warnings for proxies that cannot work at the configured resolution (MeCo's)."""
+    space = SearchSpace.from_config(cfg)
+    notes = (meco.degenerate_note(n, space, proxy_settings(cfg)["resolution"])
+             for n in names if n in ("meco", "meco_opt"))
+    return [n for n in notes if n]
 
 
 def input_kind(cfg: Mapping, name: str) -> str:
@@ -70,8 +106,35 @@ def input_batch(cfg: Mapping, names: Iterable[str]) -> Optional[Batch]:
 def run_setting(cfg: Mapping, name: str) -> dict:
     """What a proxy's scores depend on besides the code: recorded with every score of a list."""
     s = proxy_settings(cfg)
-    return {"proxy": name, "seed": s["seed"], "repeats": s["repeats"], "act": cfg["space"]["act"],
+    return {"proxy": name, "seed": s["seed"], "repeats": proxy_repeats(cfg, name), "act": cfg["space"]["act"],
             "input": input_kind(cfg, name), "resolution": s["resolution"], "batch_size": s["batch_size"]}
+
+
+def keyed_log(cfg: Mapping, folder: Path, list_name: str, name: str) -> Path:
+    """<folder>/<list>@<proxy>.<settings key>.jsonl, the key a digest of log_settings: other settings
+    start a log of their own, as score logs do."""
+    return folder / f"{list_name}@{name}.{digest(log_settings(cfg, name), 8)}.jsonl"
+
+
+def log_path(cfg: Mapping, folder: Path, list_name: str, name: str) -> Path:
+    """The keyed log, or a log of the old name <list>@<proxy>[@<res>px].jsonl where that one holds
+    this setting's scores (it is read on and appended to)."""
+    keyed, setting = keyed_log(cfg, folder, list_name, name), run_setting(cfg, name)
+    res = setting["resolution"]
+    old = folder / f"{list_name}@{name}{'' if res == cfg['space']['resolution'] else f'@{res}px'}.jsonl"
+    if keyed.exists() or not old.exists():
+        return keyed
+    with open(old) as f:
+        try:
+            first = json.loads(f.readline())
+        except ValueError:  # empty or torn
+            return keyed
+    return old if {k: first.get(k) for k in setting} == setting else keyed
+
+
+def log_settings(cfg: Mapping, name: str) -> dict:
+    """What a proxy log's key is the digest of: run_setting and the space (widths and class count)."""
+    return {**run_setting(cfg, name), "space": {k: cfg["space"][k] for k in ("width_mult", "resolution", "num_classes")}}
 
 
 def score_list(name: str, codes: Mapping[str, str], space: SearchSpace, batch: Optional[Batch],
@@ -130,25 +193,40 @@ def to_official_json(records: Mapping[str, dict], codes: Mapping[str, str]) -> d
     return out
 
 
+def output_name(cfg: Mapping, list_name: str, spec) -> str:
+    """<list>@<label>[@<res>px][@<seeds>].json: a cheaper proxy resolution and other seeds get files
+    of their own, so both can be kept and compared."""
+    weights = parse_teacher(spec)
+    res = proxy_settings(cfg)["resolution"]
+    tag = ("" if res == cfg["space"]["resolution"] else f"@{res}px") + seeds_tag(cfg, weights)
+    return f"{list_name}@{teacher_label(weights)}{tag}.json"
+
+
 def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, folder: Path) -> Path:
     """The `proxies` command: a proxy's (or an ensemble's, track1.ranking.ensemble) scores of every
-    code, in the official shape, at <folder>/<list>@<label>[@<res>px].json with a .meta.json beside
-    it; each member's log resumes, and an ensemble's members are z-scored over the reference sample."""
+    code, in the official shape, at <folder>/<list>@<label>[@<res>px][@<seeds>].json with a .meta.json
+    beside it; each member's log (log_path) resumes, and an ensemble's members are z-scored over the
+    reference sample."""
     space = SearchSpace.from_config(cfg)
     weights = parse_teacher(spec)
     s = proxy_settings(cfg)
-    # A cheaper proxy resolution gets files of its own, so both can be kept and compared.
-    tag = "" if s["resolution"] == space.resolution else f"@{s['resolution']}px"
+    for note in proxy_notes(cfg, weights):
+        print(note, file=sys.stderr)
     batch = input_batch(cfg, weights)
 
     def run(member: str, keyed: Mapping[str, str], name: str) -> dict[str, dict]:
-        return score_list(member, keyed, space, batch, folder / f"{name}@{member}{tag}.jsonl",
-                          seed=s["seed"], repeats=s["repeats"], act=cfg["space"]["act"],
+        path = log_path(cfg, folder, name, member)
+        info = path.with_suffix(".settings.json")  # beside a keyed log, to tell logs apart
+        if path == keyed_log(cfg, folder, name, member) and not info.exists():
+            write_json(info, log_settings(cfg, member), indent=1)
+        return score_list(member, keyed, space, batch, path, seed=s["seed"],
+                          repeats=proxy_repeats(cfg, member), act=cfg["space"]["act"],
                           setting=run_setting(cfg, member))
 
     members = {m: run(m, codes, list_name) for m in weights}
     label = teacher_label(weights)
     meta = {"list": list_name, "codes": len(codes), "teacher": weights, "proxies": s,
+            "seeds": {m: proxy_seeds(cfg, m) for m in weights},
             "input": {m: input_kind(cfg, m) for m in weights}, "act": cfg["space"]["act"],
             "space": {k: cfg["space"][k] for k in ("width_mult", "resolution", "num_classes")}}
     if len(weights) == 1:
@@ -163,7 +241,7 @@ def score_proxies(cfg: dict, codes: Mapping[str, str], list_name: str, spec, fol
                    for k, c in codes.items()}
         meta["reference"] = {"size": len(ref), "seed": cfg["proxies"]["reference_seed"],
                              "mean_std": {m: list(v) for m, v in stats.items()}}
-    final = folder / f"{list_name}@{label}{tag}.json"
+    final = folder / output_name(cfg, list_name, spec)
     write_json(final, to_official_json(records, codes))
     write_json(final.with_name(final.stem + ".meta.json"), meta, indent=1)
     return final
