@@ -132,7 +132,7 @@ def set_bn_stats(model: nn.Layer, mode: str) -> None:
     (batch) or with its running statistics, kept fixed (frozen)."""
     if mode not in BN_STATS:
         raise ValueError(f"unknown BN statistics {mode!r}: expected one of {', '.join(BN_STATS)}")
-    for layer in model.sublayers():
+    for layer in model.sublayers(include_self=True):
         if isinstance(layer, DynamicBatchNorm2D):
             layer.frozen = mode == "frozen"
 
