@@ -79,13 +79,15 @@ def test_lr_linear_decay_and_a_warmup_longer_than_the_run():
 
 def test_frozen_bn_statistics_need_a_starting_network_and_stay_fixed_in_training(tmp_path):
     """train.bn_stats: frozen loads (a starting network given), the Trainer freezes every BN of the
-    supernet, and the pretrain run that makes the starting network trains with batch statistics."""
+    supernet, and the pretrain run that makes the starting network trains with batch statistics
+    (and the pretrain section's cosine)."""
     from track1.pipeline.pretrain import pretrain_config
     from track1.pipeline.trainer import Trainer
-    cfg = tiny_config(tmp_path, "train.bn_stats=frozen", "pretrain.enabled=true")
+    cfg = tiny_config(tmp_path, "train.bn_stats=frozen", "pretrain.enabled=true", "train.lr_schedule=linear")
     assert all(bn.frozen for bn in Trainer(cfg, 4).model.bn_layers())
     pc = pretrain_config(cfg)
-    assert pc["train"]["bn_stats"] == "batch" and not any(bn.frozen for bn in Trainer(pc, 4).model.bn_layers())
+    assert pc["train"]["bn_stats"] == "batch" and pc["train"]["lr_schedule"] == "cosine"
+    assert not any(bn.frozen for bn in Trainer(pc, 4).model.bn_layers())
 
 
 def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
