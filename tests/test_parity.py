@@ -18,7 +18,8 @@ Mutations checked by hand to fail a test here (issue 28; each broken once, the f
   other branch (each order's batch is chosen so that the branch tested is non-zero on every pair);
 - Cream: one concatenated forward over all board entries instead of one per entry (each entry
   stores images of its own batch);
-- momentum 0, Nesterov off in Cream / on in RD-NAS, the matcher's lr without its linear decay;
+- momentum 0 (student or matcher), Nesterov off in Cream / on in RD-NAS, the matcher's lr without
+  its linear decay, Cream's student lr cosine instead of linear;
 - train.bn_stats batch instead of frozen (rdnas_authors), space.act relu instead of mish;
 - weight decay or gradient clipping present where the authors have none, or absent where they
   have it (read back from the built optimizer too: one step of a small decay is below tolerance).
