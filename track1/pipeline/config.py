@@ -27,9 +27,9 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot"}
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
+           "train.bn_stats": "batch", "train.lr_schedule": "cosine",
            "train.init_reorder": False, "train.draw": "official",
-           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "train.bn_stats": "batch",
-           "train.lr_schedule": "cosine"}
+           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
 # neutral value.
 NEUTRAL_SECTIONS = {"train.distill": ("enabled", False), "pretrain": ("enabled", False),
