@@ -106,9 +106,12 @@ def main() -> None:
         name = f"{label.split()[0]}_{extra[-1].split('=')[-1] if extra else 'base'}_s{seed}"
         cfg = ["-c", f"configs/{preset}.yaml", *common, "-o", f"run.name={name}", "-o", f"run.seed={seed}",
                "-o", f"run.threads={threads}", *extra]
+        run("pretrain", *cfg, "--resume", threads=threads)  # a no-op unless the preset pretrains (rdnas_authors)
         run("train", *cfg, "--resume", threads=threads)
-        # Training wall time as the checkpoint records it (added up over resumes).
-        seconds = float(checkpoint.read_meta(checkpoint.latest(out / name))["train_seconds"])
+        # Training wall time as the checkpoints record it (added up over resumes), the pretrain stage's too.
+        stages = [out / name / "pretrained", out / name]
+        seconds = sum(float(checkpoint.read_meta(checkpoint.latest(d))["train_seconds"])
+                      for d in stages if checkpoint.latest(d) is not None)
         run("score", *cfg, "--arch-list", str(arch_file), threads=threads)
         run("submit", *cfg, "--arch-list", str(arch_file), "--out", str(out / f"{name}.json"), threads=threads)
         pred = load_scores(out / f"{name}.json")

@@ -13,9 +13,9 @@ import pytest  # noqa: E402
 
 from conftest import onednn_fails_for  # noqa: E402
 
-from track1.network import onednn  # noqa: E402
+from track1.network import conv as conv_module, onednn  # noqa: E402
 from track1.network.layers import (DynamicBatchNorm2D, DynamicConv2D, DynamicLinear, conv_bn_act,  # noqa: E402
-                           leading)
+                           leading, set_bn_stats)
 from track1.space import SearchSpace  # noqa: E402
 from track1.network.supernet import SuperNet  # noqa: E402
 
@@ -290,6 +290,59 @@ def test_bn_eval_uses_running_stats_and_changes_nothing(c):
     np.testing.assert_allclose(dyn(x).numpy(), expect, rtol=1e-5, atol=1e-5)
     for k, v in dyn.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k])
+
+
+@pytest.mark.parametrize("c", [5, 8])
+def test_frozen_bn_trains_on_the_running_stats_and_keeps_them(c):
+    """train.bn_stats: frozen: a training-mode forward normalises with the leading running
+    statistics and updates none; gamma and beta (and the input) still get their gradients."""
+    dyn, _ = _bn_pair(8, c, momentum=0.9)
+    set_bn_stats(dyn, "frozen")
+    dyn.train()
+    s = {k: v.numpy().copy() for k, v in dyn.state_dict().items()}
+    x = _rand(3, c, 4, 4, seed=5)
+    x.stop_gradient = False
+    y = dyn(x)
+    inv = 1 / np.sqrt(s["_variance"][:c, None, None] + 1e-5)
+    expect = (x.numpy() - s["_mean"][:c, None, None]) * inv * s["weight"][:c, None, None] + s["bias"][:c, None, None]
+    np.testing.assert_allclose(y.numpy(), expect, rtol=1e-5, atol=1e-5)
+    dy = _rand(3, c, 4, 4, seed=6)
+    gx, gw, gb = paddle.grad((y * dy).sum(), [x, dyn.weight, dyn.bias])
+    np.testing.assert_allclose(gx.numpy(), dy.numpy() * inv * s["weight"][:c, None, None], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw.numpy()[:c], (dy.numpy() * (expect - s["bias"][:c, None, None])
+                                                / s["weight"][:c, None, None]).sum(axis=(0, 2, 3)),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb.numpy()[:c], dy.numpy().sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    assert not gw.numpy()[c:].any()
+    for k, v in dyn.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), s[k])
+    set_bn_stats(dyn, "batch")
+    dyn(x)
+    assert not np.array_equal(dyn._mean.numpy(), s["_mean"])
+
+
+def test_frozen_bn_keeps_the_convolution_on_onednn_and_leaves_the_fused_node(monkeypatch):
+    """Frozen statistics take the layers one by one (the fused node computes batch statistics),
+    the conv still oneDNN's; the same result as the stock conv."""
+    paddle.seed(1)
+    conv, bn = DynamicConv2D(6, 8, 3, 1, 1, conv="fast"), DynamicBatchNorm2D(8)
+    with paddle.no_grad():
+        bn._mean.set_value(_rand(8, seed=7) * 0.1)
+    set_bn_stats(bn, "frozen")
+    x = _rand(4, 6, 8, 8, seed=8)
+    x.stop_gradient = False
+    mean = bn._mean.numpy().copy()
+    calls = []
+    hook = conv.register_forward_post_hook(lambda *a: calls.append("layer"))
+    apply = conv_module._OneDNNConv.apply
+    monkeypatch.setattr(conv_module._OneDNNConv, "apply", lambda *a: calls.append("onednn") or apply(*a))
+    y = conv_bn_act(conv, bn, x, True, 5, fuse=True)
+    hook.remove()
+    # the conv layer ran (not the fused node), through oneDNN where the library loads
+    assert calls == (["onednn", "layer"] if onednn.available() else ["layer"])
+    expect = F.relu(bn(F.conv2d(x, conv.weight[:5], padding=1)))
+    np.testing.assert_allclose(y.numpy(), expect.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(bn._mean.numpy(), mean)
 
 
 @pytest.mark.parametrize("stride_on", [True, False])

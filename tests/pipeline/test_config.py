@@ -95,6 +95,10 @@ def test_a_teacher_may_be_a_name_a_list_or_a_mapping_in_any_order_of_overrides(t
     ("train.momentum=1.5", r"train.momentum: must be in \[0, 1\], got 1.5"),
     ("run.device=tpu", "run.device: 'tpu' is not one of auto, gpu, cpu"),
     ("train.ranking.pair_mode=both", "train.ranking.pair_mode: 'both' is not one of partners, extra, free"),
+    ("train.bn_stats=moving", "train.bn_stats: 'moving' is not one of batch, frozen"),
+    ("train.lr_schedule=step", "train.lr_schedule: 'step' is not one of cosine, linear"),
+    ("train.bn_stats=frozen", "train.bn_stats: frozen keeps the statistics of the network the run starts from: "
+                              "set train.init_from or pretrain.enabled"),
 ])
 def test_choices_and_ranges_are_checked_at_load(override, message):
     with pytest.raises(ConfigError, match=message):

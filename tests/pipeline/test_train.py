@@ -71,6 +71,25 @@ def test_lr_warmup_then_cosine():
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
 
 
+def test_lr_linear_decay_and_a_warmup_longer_than_the_run():
+    assert lr_factor(12, 4, 20, 0.0, "linear") == pytest.approx(0.5)
+    assert lr_factor(8, 4, 20, 0.1, "linear") == pytest.approx(0.1 + 0.9 * 0.75)
+    assert lr_factor(19, 53, 20, 0.0) == pytest.approx(20 / 53)  # the RD-NAS authors' run: never past it
+
+
+def test_frozen_bn_statistics_need_a_starting_network_and_stay_fixed_in_training(tmp_path):
+    """train.bn_stats: frozen loads (a starting network given), the Trainer freezes every BN of the
+    supernet, and the pretrain run that makes the starting network trains with batch statistics
+    (and the pretrain section's cosine)."""
+    from track1.pipeline.pretrain import pretrain_config
+    from track1.pipeline.trainer import Trainer
+    cfg = tiny_config(tmp_path, "train.bn_stats=frozen", "pretrain.enabled=true", "train.lr_schedule=linear")
+    assert all(bn.frozen for bn in Trainer(cfg, 4).model.bn_layers())
+    pc = pretrain_config(cfg)
+    assert pc["train"]["bn_stats"] == "batch" and pc["train"]["lr_schedule"] == "cosine"
+    assert not any(bn.frozen for bn in Trainer(pc, 4).model.bn_layers())
+
+
 def _rank_step(tmp_path, mode, *overrides, lams=(0.0, 1.0)):
     """Stem gradients of one RD-NAS step per lambda, its scalars, subnets and pairs."""
     from track1.methods.base import RunContext

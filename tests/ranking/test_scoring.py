@@ -7,6 +7,7 @@ from track1.ranking.evaluate import calibrate_bn, evaluate
 from track1.ranking.scoring import score_list
 from track1.space import Arch, SearchSpace, parse
 from track1.ranking.submission import SubmissionError, demo_arch_list
+from track1.network.layers import set_bn_stats
 from track1.network.supernet import SuperNet
 
 SPACE = SearchSpace(width_mult=0.125, resolution=32, num_classes=10)
@@ -23,7 +24,10 @@ def _batches(n, size, seed):
     return [paddle.to_tensor(rng.normal(size=(size, 3, 32, 32)).astype("float32")) for _ in range(n)]
 
 
-def test_calibration_is_the_exact_average_of_batch_statistics(net):
+@pytest.mark.parametrize("bn_stats", ["batch", "frozen"])
+def test_calibration_is_the_exact_average_of_batch_statistics(net, bn_stats):
+    """Also of a supernet trained with frozen statistics (train.bn_stats), which it leaves frozen."""
+    set_bn_stats(net, bn_stats)
     widths = SPACE.widths(SPACE.smallest())
     batches = _batches(3, 8, 0)
     net.stem_bn._mean.set_value(paddle.full_like(net.stem_bn._mean, 7.0))  # stale statistics
@@ -34,6 +38,7 @@ def test_calibration_is_the_exact_average_of_batch_statistics(net):
     np.testing.assert_allclose(net.stem_bn._mean.numpy()[:c], np.mean(means, axis=0), rtol=1e-4, atol=1e-6)
     assert net.stem_bn._mean.numpy()[c:].tolist() == [7.0] * (net.stem_bn.num_features - c)
     assert all(bn.momentum == 0.9 for bn in net.bn_layers()) and not net.training
+    assert all(bn.frozen == (bn_stats == "frozen") for bn in net.bn_layers())
 
 
 def test_evaluate_counts_top1_and_loss(net):

@@ -59,7 +59,7 @@ def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
     `norm(bn, y)`, if given, normalises in place of the BN layer's forward (tree scoring's per-image-
     group statistics, track1.ranking.tree); the layer's parameters are still its own."""
     if isinstance(conv, DynamicConv2D):
-        if norm is None and fuse and conv.conv == "fast" and bn.training and fuses(x):
+        if norm is None and fuse and conv.conv == "fast" and bn.training and not bn.frozen and fuses(x):
             stats = RunningStats(bn._mean, bn._variance, bn.momentum, bn.epsilon)
             y = conv_bn(x, conv.weight, bn.weight, bn.bias, stats, out_channels, conv.stride,
                         conv.padding, relu, max_pool)
@@ -80,16 +80,23 @@ def conv_bn_act(conv: nn.Layer, bn: nn.Layer, x: paddle.Tensor, relu: bool,
     return F.max_pool2d(y, *max_pool) if max_pool else y
 
 
+BN_STATS = ("batch", "frozen")
+
+
 class DynamicBatchNorm2D(nn.Layer):
     """BatchNorm over the leading channels; running statistics of those channels only are updated.
 
     `momentum` is an attribute (not a constant) so that BN re-calibration can turn the running
-    statistics into an exact cumulative average by setting it per batch.
+    statistics into an exact cumulative average by setting it per batch. With `frozen` set
+    (train.bn_stats: frozen, set_bn_stats) a training-mode forward normalises with the leading
+    running statistics and leaves them as they are, as the RD-NAS authors' SuperBatchNorm2D once its
+    first call, in eval mode, fixed `_use_global_stats`; gamma and beta still get gradients.
     """
 
     def __init__(self, num_features: int, momentum: float = 0.9, epsilon: float = 1e-5):
         super().__init__()
         self.num_features, self.momentum, self.epsilon = num_features, momentum, epsilon
+        self.frozen = False
         self.weight = self.create_parameter(
             [num_features], default_initializer=nn.initializer.Constant(1.0))
         self.bias = self.create_parameter([num_features], is_bias=True)
@@ -98,6 +105,11 @@ class DynamicBatchNorm2D(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         c = x.shape[1]
+        if self.training and self.frozen:
+            # Paddle's batch_norm in training mode with use_global_stats: the authors' op attributes
+            return F.batch_norm(x, self._mean[:c], self._variance[:c], leading(self.weight, (c,)),
+                                leading(self.bias, (c,)), training=True, momentum=self.momentum,
+                                epsilon=self.epsilon, use_global_stats=True)
         if c == self.num_features:
             return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias,
                                 training=self.training, momentum=self.momentum,
@@ -113,6 +125,16 @@ class DynamicBatchNorm2D(nn.Layer):
                 self._mean[:c] = mean
                 self._variance[:c] = var
         return out
+
+
+def set_bn_stats(model: nn.Layer, mode: str) -> None:
+    """Every DynamicBatchNorm2D of model normalises a training step with the batch's statistics
+    (batch) or with its running statistics, kept fixed (frozen)."""
+    if mode not in BN_STATS:
+        raise ValueError(f"unknown BN statistics {mode!r}: expected one of {', '.join(BN_STATS)}")
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, DynamicBatchNorm2D):
+            layer.frozen = mode == "frozen"
 
 
 class DynamicLinear(nn.Layer):

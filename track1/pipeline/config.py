@@ -27,6 +27,7 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot", 
 # Keys added after runs existed, with the value that keeps the old behaviour: while a key has that
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
+           "train.bn_stats": "batch", "train.lr_schedule": "cosine",
            "train.init_reorder": False, "train.draw": "official",
            "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "standalone.init_from": ""}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
@@ -227,9 +228,9 @@ def _schema() -> dict[str, tuple]:
     from track1.methods.sampling import BIAS_RULES, DISTANCES, PAIR_MODES, SAMPLERS
     from track1.network import precision
     from track1.network.conv import MODES as CONV_MODES
-    from track1.network.layers import ACTIVATIONS
+    from track1.network.layers import ACTIVATIONS, BN_STATS
     from track1.pipeline import runtime
-    from track1.pipeline.optim import OPTIMIZERS
+    from track1.pipeline.optim import LR_SCHEDULES, OPTIMIZERS
     from track1.ranking.proxy_runs import INPUTS
     from track1.space.split import SPLITS
     from track1.space.subspace import DRAWS
@@ -244,6 +245,7 @@ def _schema() -> dict[str, tuple]:
         "train.epochs": at_least(1), "train.max_steps": at_least(0), "train.sampler": one_of(SAMPLERS),
         "train.num_random": at_least(0), "train.conv": one_of(CONV_MODES), "train.draw": one_of(DRAWS),
         "train.bias.rule": one_of(BIAS_RULES), "train.bias.temperature": (">", 0), "train.bias.pool": at_least(1),
+        "train.bn_stats": one_of(BN_STATS), "train.lr_schedule": one_of(LR_SCHEDULES),
         "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
         "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
         "train.label_smoothing": ("in", 0, 1), "train.grad_clip": at_least(0), "train.log_every": at_least(1),
@@ -306,4 +308,8 @@ def check(cfg: dict) -> dict:
             raise ConfigError(f"{name}: must be above {rule[1]}, got {value!r}")
         if kind == "in" and not rule[1] <= value <= rule[2]:
             raise ConfigError(f"{name}: must be in [{rule[1]}, {rule[2]}], got {value!r}")
+    t = cfg["train"]
+    if t["bn_stats"] == "frozen" and not t["init_from"] and not cfg["pretrain"]["enabled"]:
+        raise ConfigError("train.bn_stats: frozen keeps the statistics of the network the run starts from: "
+                          "set train.init_from or pretrain.enabled")
     return cfg

@@ -8,24 +8,30 @@ import paddle
 
 
 OPTIMIZERS = ("momentum", "adamw")
+LR_SCHEDULES = ("cosine", "linear")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from 0, then cosine decay to min_ratio, as a multiple of the base lr."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float,
+              schedule: str = "cosine") -> float:
+    """Linear warm-up from 0, then cosine (or linear) decay to min_ratio, as a multiple of the base lr.
+    A warm-up longer than the run never reaches the base lr (the RD-NAS authors' run did not)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * decay
 
 
 def build_optimizer(section: dict, model: paddle.nn.Layer, total_steps: int, steps_per_epoch: int):
     """(optimizer, LR scheduler) of `section` (cfg["train"] or cfg["standalone"]: optimizer, lr,
-    min_lr, momentum, nesterov, weight_decay, no_decay_bn_bias, warmup_epochs, grad_clip)."""
+    min_lr, momentum, nesterov, weight_decay, no_decay_bn_bias, warmup_epochs, grad_clip; lr_schedule
+    where the section has one)."""
     base_lr = section["lr"]
     warmup = int(round(section["warmup_epochs"] * steps_per_epoch))
     min_ratio = section["min_lr"] / base_lr if base_lr else 0.0
+    schedule = section.get("lr_schedule", "cosine")
     scheduler = paddle.optimizer.lr.LambdaDecay(
-        base_lr, lambda s: lr_factor(s, warmup, total_steps, min_ratio))
+        base_lr, lambda s: lr_factor(s, warmup, total_steps, min_ratio, schedule))
     wd = section["weight_decay"]
     if section["no_decay_bn_bias"]:
         # 1-D parameters are BN scales/shifts, biases and PReLU slopes.

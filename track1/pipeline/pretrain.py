@@ -29,7 +29,8 @@ def pretrain_config(cfg: dict) -> dict:
     out["run"]["output_dir"], out["run"]["name"] = str(run_dir(cfg)), "pretrained"
     t = out["train"]
     t.update({k: cfg["pretrain"][k] for k in RECIPE_KEYS})
-    t.update({"sampler": "largest", "num_random": 0, "init_from": "", "init_reorder": False})
+    t.update({"sampler": "largest", "num_random": 0, "init_from": "", "init_reorder": False, "bn_stats": "batch",
+              "lr_schedule": "cosine"})  # the pretrain section's schedule; statistics to freeze come from here
     for method in ("ranking", "cream", "distill"):
         t[method]["enabled"] = False
     out["pretrain"]["enabled"] = False  # the pretrain run itself starts from scratch

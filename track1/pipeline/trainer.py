@@ -12,6 +12,7 @@ from track1.methods.registry import build_methods
 from track1.methods.sampling import parse_phases, phase_at, uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
 from track1.network.build import build_fewshot, build_supernet
+from track1.network.layers import set_bn_stats
 from track1.network.pretrained import init_path, load_full_network
 from track1.network.precision import Precision
 from track1.pipeline.optim import build_optimizer
@@ -33,6 +34,7 @@ class Trainer:
         t = self.t = cfg["train"]
         self.cfg, self.run_dir, self.split, self.initial_state = cfg, run_dir, split, initial_state
         self.space, self.model = build_supernet(cfg) if split is None else build_fewshot(cfg, split)
+        set_bn_stats(self.model, t["bn_stats"])  # frozen: the statistics start() loads, never updated
         self.total_steps = steps_per_epoch * t["epochs"]
         self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
         self.precision = Precision(t["amp"])

@@ -21,18 +21,19 @@ def calibration_momentum(k: int) -> float:
 
 @paddle.no_grad()
 def calibrate_bn(model: SuperNet, widths: Widths, batches: Iterable[paddle.Tensor]) -> None:
-    """Re-estimate the subnet's BN statistics as the exact average over the calibration batches."""
+    """Re-estimate the subnet's BN statistics as the exact average over the calibration batches
+    (also of a supernet trained with frozen statistics: train.bn_stats)."""
     bns = model.bn_layers()
-    saved = [bn.momentum for bn in bns]
+    saved = [(bn.momentum, bn.frozen) for bn in bns]
     model.train()
     try:
         for k, x in enumerate(batches, start=1):
             for bn in bns:
-                bn.momentum = calibration_momentum(k)
+                bn.momentum, bn.frozen = calibration_momentum(k), False
             model(x, widths)
     finally:
-        for bn, m in zip(bns, saved):
-            bn.momentum = m
+        for bn, (m, frozen) in zip(bns, saved):
+            bn.momentum, bn.frozen = m, frozen
         model.eval()
 
 
