@@ -247,6 +247,14 @@ def test_gpu_requirements_swap_only_the_paddle_wheel():
     assert cpu[1:] == gpu[1:]
 
 
+@pytest.mark.parametrize("nproc", ["abc", "0", "-1", "2x"])
+def test_run_sh_rejects_a_bad_nproc_in_one_line(tmp_path, nproc):
+    """Before anything runs (here: before the set-up), not as a launcher-less run that exits 0."""
+    r = _run_sh(tmp_path, "--setup", env_extra={"NPROC": nproc})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"run.sh: NPROC must be a whole number of processes, at least 1, got '{nproc}'\n"
+
+
 def test_run_sh_rejects_an_unknown_device(tmp_path):
     r = _run_sh(tmp_path, "--setup", env_extra={"DEVICE": "tpu"})
     assert r.returncode == 2 and "DEVICE must be cpu, gpu or auto" in r.stderr
