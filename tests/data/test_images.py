@@ -160,6 +160,17 @@ def test_list_data(folder_root, tmp_path):
         data.prepare(cfg)
 
 
+def test_every_reader_refuses_a_class_count_that_is_not_space_num_classes(folder_root):
+    """prepare, train's batches and score's images: the same one line, before any batch (train
+    took 2 class folders under space.num_classes 1000 that prepare refused)."""
+    cfg = image_cfg(folder_root, "space.num_classes=1000")
+    said = f"{folder_root / 'train'}: 2 class folders but space.num_classes is 1000"
+    for read in (data.prepare, data.TrainData, data.validation_batches):
+        with pytest.raises(DataError) as refused:
+            read(cfg)
+        assert str(refused.value) == said
+
+
 def test_worker_processes_give_the_same_batches_and_persist(folder_root):
     """Per-sample RNG keyed by (seed, epoch, index): worker processes change nothing. One stream of
     batches serves consecutive epochs with the same worker processes; any other start opens a new one."""
