@@ -234,5 +234,13 @@ class ImageDataset(paddle.io.Dataset):
         return eval_transform(img, self.resolution), np.int64(label)
 
 
+def close_loader(batches) -> None:
+    """End a DataLoader iterator's worker processes and reader thread now. Dropping the iterator
+    does not: its reader thread holds it, so its workers (and their shared memory) live until the
+    process exits, where they die under it ("DataLoader N workers exit unexpectedly"). Paddle has no
+    public close; its own exit hook (dataloader_iter._clear_loader) calls __del__ the same way."""
+    batches.__del__()
+
+
 def collate(items: list) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([x for x, _ in items]), np.array([y for _, y in items], np.int64)
