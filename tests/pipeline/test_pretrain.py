@@ -93,6 +93,28 @@ def test_a_fine_tune_killed_and_resumed_ends_with_the_same_weights(pretrained, t
     assert set(state["distill"]["teacher"]) == set(read_full_network(written, build_supernet(cfg)[1]))
 
 
+def test_the_start_up_says_what_was_loaded_reordered_and_frozen(pretrained, tmp_path, capsys):
+    """One line for the supernet's start (file, tensors, reordered or not), one for the frozen
+    teacher; a resume loads neither (its checkpoint has both) and says so."""
+    cfg, written, _ = pretrained
+    given = [*FINETUNE, f"train.init_from={written}", "train.max_steps=1"]
+    train(tiny_config(tmp_path, *given), progress=False)
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith(("init:", "distill:"))] == [
+        f"init: the supernet starts from train.init_from {written} (252 tensors, mid channels reordered by importance)",
+        f"distill: every subnet also learns from a frozen teacher, {written} (252 tensors, mid channels in their "
+        f"saved order), weight 1.0; in eval mode, its BN statistics never move"]
+    train(tiny_config(tmp_path, *given[:-1], "train.max_steps=2"), resume=True, progress=False)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "init:" not in out and "distill:" not in out
+    # From the pretrain stage's file, not reordered, no teacher; from scratch.
+    trainer = Trainer(tiny_config(run_dir(cfg).parent, *PRETRAIN), steps_per_epoch=8, run_dir=run_dir(cfg))
+    assert trainer.start() == [f"init: the supernet starts from the pretrain stage's file {written} (252 tensors, "
+                               f"mid channels in their saved order)"]
+    assert Trainer(tiny_config(tmp_path), steps_per_epoch=8).start() == [
+        "init: the supernet starts from scratch (no train.init_from, pretrain.enabled false)"]
+
+
 def test_a_missing_or_misfit_init_file_is_one_line(tmp_path, capsys, pretrained):
     out = tmp_path / "out"
     args = ["train", "-o", f"run.output_dir={out}", "-o", "data.train_size=64", "-o", "data.batch_size=32"]
