@@ -115,7 +115,7 @@ def test_the_start_up_says_what_was_loaded_reordered_and_frozen(pretrained, tmp_
     assert trainer.start() == [f"init: the supernet starts from the pretrain stage's file {written} (252 tensors, "
                                f"mid channels in their saved order)"]
     assert Trainer(tiny_config(tmp_path), steps_per_epoch=8).start() == [
-        "init: the supernet starts from scratch (no train.init_from, pretrain.enabled false)"]
+        "init: the supernet starts from scratch (no train.init_from, no pretrain stage before it)"]
 
 
 def test_a_missing_or_misfit_init_file_is_one_line(tmp_path, capsys, pretrained):

@@ -54,7 +54,7 @@ class Trainer:
             lines = [f"init: the supernet starts from {source} "
                      f"{load_full_network(self.model, path, self.t['init_reorder'])}"]
         else:
-            lines = ["init: the supernet starts from scratch (no train.init_from, pretrain.enabled false)"]
+            lines = ["init: the supernet starts from scratch (no train.init_from, no pretrain stage before it)"]
         for m in self.methods:
             lines += m.start()
         return lines
