@@ -38,6 +38,10 @@ done
 STAGES=(prepare pretrain train fewshot score submit export)
 case " ${STAGES[*]} " in *" $FROM "*) ;; *) echo "run.sh: --from must be one of: ${STAGES[*]}" >&2; exit 2 ;; esac
 [ -f "$CONFIG" ] || { echo "run.sh: config file '$CONFIG' not found" >&2; exit 2; }
+NPROC=${NPROC:-1}  # processes on this machine (paddle.distributed.launch's --nproc_per_node)
+case "$NPROC" in
+  *[!0-9]*|0*) echo "run.sh: NPROC must be a whole number of processes, at least 1, got '$NPROC'" >&2; exit 2 ;;
+esac
 if [ -n "${ARCH_LIST:-}" ]; then
   [ -f "$ARCH_LIST" ] || { echo "run.sh: ARCH_LIST '$ARCH_LIST' not found" >&2; exit 2; }
   OVERRIDES+=("-o" "score.arch_list=$ARCH_LIST")
@@ -73,7 +77,6 @@ echo "$DEVICE" > "$VENV/.device"
 
 # Threads: each process takes run.threads, or its share of the cores among the NPROC local ranks
 # (track1/pipeline/runtime.py); an exported OMP_NUM_THREADS wins.
-NPROC=${NPROC:-1}
 # Unchecked here: checking imports Paddle, before the thread count is set. Each stage checks the config.
 RUN_DIR=$("$PY" -c 'import sys; from track1.pipeline.config import load_config, run_dir
 o = [a for a in sys.argv[2:] if a != "-o"]

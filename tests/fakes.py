@@ -1,4 +1,5 @@
-"""Small fake datasets written in the real file formats (idx .gz, CIFAR pickles, image folders)."""
+"""Small fake datasets written in the real file formats (idx .gz, CIFAR pickles, image folders), and a
+stand-in for the organizers' resnet48.pdparams in its names and shapes."""
 from __future__ import annotations
 
 import gzip
@@ -141,3 +142,43 @@ def python2_pickle(obj) -> bytes:
             return array + state + b"b"
         raise TypeError(type(o))
     return b"\x80\x02" + enc(obj) + b"."
+
+
+# ------------------------------------------------------------------------------ the organizers' resnet48.pdparams
+
+# The organizers' ResNet48 (the official baseline's hnas/models/resnet.py, resnet48()): blocks.0 is the
+# stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), blocks.1-23 the BasicBlocks of stages of 5, 5, 8 and 5
+# blocks with widths 64, 128, 256, 512 and strides 1, 2, 2, 2, a 1x1 conv + BN `downsample` on the
+# first block of stages 2-4 only, blocks.24 the head (average pool, fc with weight [in, out]).
+DEPTHS, WIDTHS, STRIDES = (5, 5, 8, 5), (64, 128, 256, 512), (1, 2, 2, 2)
+
+
+def organizers_file(rng) -> dict[str, np.ndarray]:
+    """A state dict in the organizers' names and shapes, random values (BN variances positive)."""
+    state = {}
+
+    def conv(name, out, inp, k):
+        state[f"{name}.weight"] = rng.normal(0, (2 / (inp * k * k)) ** 0.5, (out, inp, k, k)).astype("float32")
+
+    def bn(name, c):
+        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
+        state[f"{name}.bias"] = rng.normal(0, 0.1, c).astype("float32")
+        state[f"{name}._mean"] = rng.normal(0, 0.1, c).astype("float32")
+        state[f"{name}._variance"] = rng.uniform(0.5, 1.5, c).astype("float32")
+
+    conv("blocks.0.conv", 64, 3, 7)
+    bn("blocks.0.bn", 64)
+    i, c_in = 1, 64
+    for depth, width in zip(DEPTHS, WIDTHS):
+        for b in range(depth):
+            conv(f"blocks.{i}.conv1", width, c_in, 3)
+            bn(f"blocks.{i}.bn1", width)
+            conv(f"blocks.{i}.conv2", width, width, 3)
+            bn(f"blocks.{i}.bn2", width)
+            if b == 0 and width != 64:
+                conv(f"blocks.{i}.downsample.0", width, c_in, 1)
+                bn(f"blocks.{i}.downsample.1", width)
+            i, c_in = i + 1, width
+    state["blocks.24.fc.weight"] = rng.normal(0, 0.05, (512, 1000)).astype("float32")
+    state["blocks.24.fc.bias"] = rng.normal(0, 0.05, 1000).astype("float32")
+    return state

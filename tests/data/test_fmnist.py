@@ -158,3 +158,13 @@ def test_real_download_function_reports_apt_failure(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         data.prepare(fmnist_cfg(tmp_path / "fm"))
     assert "apt-get download dataset-fashion-mnist` failed: E: Unable to locate package" in str(e.value)
+
+
+def test_a_class_count_other_than_ten_is_refused_by_prepare_train_and_score(tmp_path):
+    """As CIFAR's and image folders': a 1,000-way head took Fashion-MNIST without a word."""
+    write_fake_fmnist(tmp_path)
+    cfg = fmnist_cfg(tmp_path, "space.num_classes=1000")
+    for read in (data.prepare, data.TrainData, data.validation_batches):
+        with pytest.raises(DataError) as refused:
+            read(cfg)
+        assert str(refused.value) == "space.num_classes=1000: fashion_mnist has 10 classes; set space.num_classes=10"

@@ -160,6 +160,17 @@ def test_list_data(folder_root, tmp_path):
         data.prepare(cfg)
 
 
+def test_every_reader_refuses_a_class_count_that_is_not_space_num_classes(folder_root):
+    """prepare, train's batches and score's images: the same one line, before any batch (train
+    took 2 class folders under space.num_classes 1000 that prepare refused)."""
+    cfg = image_cfg(folder_root, "space.num_classes=1000")
+    said = f"{folder_root / 'train'}: 2 class folders but space.num_classes is 1000"
+    for read in (data.prepare, data.TrainData, data.validation_batches):
+        with pytest.raises(DataError) as refused:
+            read(cfg)
+        assert str(refused.value) == said
+
+
 def test_worker_processes_give_the_same_batches_and_persist(folder_root):
     """Per-sample RNG keyed by (seed, epoch, index): worker processes change nothing. One stream of
     batches serves consecutive epochs with the same worker processes; any other start opens a new one."""
@@ -183,3 +194,22 @@ def test_worker_processes_give_the_same_batches_and_persist(folder_root):
     workers = streams[5]._workers
     assert len(workers) == 2 and all(w.is_alive() for w in workers)
     assert workers_data.wait_seconds > 0
+    # A stream that is replaced, or closed, ends its workers at once (dropping it did not: the
+    # loader's reader thread keeps it, and its workers died under it at exit with a warning).
+    replaced = streams[4]._workers
+    assert not any(w.is_alive() for w in replaced)
+    workers_data.close()
+    assert workers_data._stream is None and not any(w.is_alive() for w in workers)
+
+
+def test_an_evaluation_pass_stopped_early_ends_its_workers(folder_root, monkeypatch):
+    """A set too large to keep in memory decodes on every pass; a consumer that stops early ends
+    that pass's loader workers."""
+    from track1.data import evaluation
+    monkeypatch.setattr(evaluation, "EVAL_CACHE_BYTES", 0)
+    passes = iter(evaluation.validation_set(image_cfg(folder_root, "data.num_workers=2"), batch=2))
+    next(passes)
+    workers = passes.gi_frame.f_locals["batches"]._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    passes.close()
+    assert not any(w.is_alive() for w in workers)

@@ -9,43 +9,9 @@ from track1.network.pretrained import (PretrainedError, load_full_network, organ
 from track1.network.supernet import SuperNet
 from track1.space import SearchSpace
 
-# The organizers' ResNet48 (the official baseline's hnas/models/resnet.py, resnet48()): blocks.0 is the
-# stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), blocks.1-23 the BasicBlocks of stages of 5, 5, 8 and 5
-# blocks with widths 64, 128, 256, 512 and strides 1, 2, 2, 2, a 1x1 conv + BN `downsample` on the
-# first block of stages 2-4 only, blocks.24 the head (average pool, fc with weight [in, out]).
-DEPTHS, WIDTHS, STRIDES = (5, 5, 8, 5), (64, 128, 256, 512), (1, 2, 2, 2)
+from fakes import DEPTHS, STRIDES, organizers_file
+
 SPACE = SearchSpace(width_mult=1.0, resolution=32, num_classes=1000)
-
-
-def organizers_file(rng) -> dict[str, np.ndarray]:
-    """A state dict in the organizers' names and shapes, random values (BN variances positive)."""
-    state = {}
-
-    def conv(name, out, inp, k):
-        state[f"{name}.weight"] = rng.normal(0, (2 / (inp * k * k)) ** 0.5, (out, inp, k, k)).astype("float32")
-
-    def bn(name, c):
-        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
-        state[f"{name}.bias"] = rng.normal(0, 0.1, c).astype("float32")
-        state[f"{name}._mean"] = rng.normal(0, 0.1, c).astype("float32")
-        state[f"{name}._variance"] = rng.uniform(0.5, 1.5, c).astype("float32")
-
-    conv("blocks.0.conv", 64, 3, 7)
-    bn("blocks.0.bn", 64)
-    i, c_in = 1, 64
-    for depth, width in zip(DEPTHS, WIDTHS):
-        for b in range(depth):
-            conv(f"blocks.{i}.conv1", width, c_in, 3)
-            bn(f"blocks.{i}.bn1", width)
-            conv(f"blocks.{i}.conv2", width, width, 3)
-            bn(f"blocks.{i}.bn2", width)
-            if b == 0 and width != 64:
-                conv(f"blocks.{i}.downsample.0", width, c_in, 1)
-                bn(f"blocks.{i}.downsample.1", width)
-            i, c_in = i + 1, width
-    state["blocks.24.fc.weight"] = rng.normal(0, 0.05, (512, 1000)).astype("float32")
-    state["blocks.24.fc.bias"] = rng.normal(0, 0.05, 1000).astype("float32")
-    return state
 
 
 def plain_forward(state: dict[str, np.ndarray], x: paddle.Tensor) -> paddle.Tensor:
@@ -105,17 +71,53 @@ def test_the_organizers_file_loads_and_the_largest_subnet_is_their_network(relea
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.pop("blocks.11.downsample.1._variance"), r"tensor blocks.11.downsample.1._variance \[256\] is missing"),
     (lambda s: s.update({"blocks.1.downsample.0.weight": np.zeros((64, 64, 1, 1), "float32")}),
-     "tensor blocks.1.downsample.0.weight is not one of the supernet's"),
+     r"1 of its 253 tensors are not the supernet's \(blocks.1.downsample.0.weight\); it takes 252 tensors"),
     (lambda s: s.update({"blocks.24.fc.weight": np.zeros((512, 10), "float32")}),
      r"tensor blocks.24.fc.weight has shape \[512, 10\], the configured supernet .* expects \[512, 1000\]"),
 ])
-def test_a_file_that_does_not_fit_is_refused_naming_the_first_tensor(released, tmp_path, change, message):
+def test_a_file_that_does_not_fit_is_refused_naming_the_tensors(released, tmp_path, change, message):
     state = dict(released[1])
     change(state)
     path = tmp_path / "bad.pdparams"
     paddle.save(state, str(path))
     with pytest.raises(PretrainedError, match=message):
         read_full_network(path, SuperNet(SPACE))
+
+
+def test_an_unrelated_network_names_the_tensors_it_has_and_the_ones_expected(tmp_path):
+    """A torchvision-style ResNet's names: the unexpected ones and the expected ones, a few of each
+    with their counts, in both naming schemes."""
+    path = tmp_path / "resnet18.pdparams"
+    paddle.save({"conv1.weight": np.zeros((64, 3, 7, 7), "float32"), "bn1.weight": np.ones(64, "float32"),
+                 "layer1.0.conv1.weight": np.zeros((64, 64, 3, 3), "float32"),
+                 "layer1.0.bn1.weight": np.ones(64, "float32"), "fc.weight": np.zeros((512, 1000), "float32")},
+                str(path))
+    with pytest.raises(PretrainedError) as refused:
+        read_full_network(path, SuperNet(SPACE))
+    assert str(refused.value) == (
+        f"{path}: 4 of its 5 tensors are not the supernet's (conv1.weight, bn1.weight, layer1.0.conv1.weight, "
+        f"... 1 more); it takes 252 tensors, in the organizers' names (blocks.0.conv.weight, blocks.0.bn.weight, "
+        f"blocks.0.bn.bias, ... 249 more) or the project's (stem_conv.weight, stem_bn.weight, stem_bn.bias, "
+        f"... 249 more)")
+
+
+def test_truncated_text_empty_and_foreign_files_each_say_what_they_are(released, tmp_path):
+    whole = released[0].read_bytes()
+    files = {"truncated": whole[:len(whole) // 3], "text": "resnet48.pdparams\nsee the competition page\n".encode(),
+             "empty": b"", "zip": b"PK\x03\x04" + bytes(200), "binary": bytes(range(256)) * 4}
+    said = {}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(PretrainedError) as refused:
+            read_full_network(tmp_path / name, SuperNet(SPACE))
+        said[name] = str(refused.value).split(": ", 1)[1]
+    assert said == {
+        "truncated": f"a Paddle file that does not load to its end ({len(whole) // 3:,} bytes, ValueError): "
+                     "truncated or damaged, copy or download it again",
+        "text": "a text file, not a Paddle state dict (it begins 'resnet48.pdparams')",
+        "empty": "an empty file, not a Paddle state dict",
+        "zip": "a zip archive (PyTorch's format?), not a Paddle state dict",
+        "binary": "not a Paddle state dict (1,024 bytes, ValueError)"}
 
 
 def test_a_file_of_another_width_is_refused(released):

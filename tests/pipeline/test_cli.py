@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from track1.pipeline.cli import main
+from track1.pipeline.config import load_config, run_dir
 from track1.ranking.submission import demo_arch_list, write_arch_list
 
 from conftest import REPO
@@ -44,6 +45,16 @@ def test_score_without_checkpoint(capsys, tmp_path):
     write_arch_list(codes, demo_arch_list(3, 0))
     code, err = _run(capsys, "score", "-o", f"run.output_dir={tmp_path}", "--arch-list", str(codes))
     assert code == 2 and "no checkpoint" in err
+    # checkpoints without the pointer to the latest (lost, or a folder copied without it): say so
+    root = run_dir(load_config(None, [f"run.output_dir={tmp_path}"])) / "checkpoints"
+    for tag in ("epoch_001", "epoch_002", ".epoch_003.tmp"):
+        (root / tag).mkdir(parents=True)
+        (root / tag / "model.pdparams").write_bytes(b"")
+    os.utime(root / "epoch_001" / "model.pdparams", (1, 1))  # the oldest
+    code, err = _run(capsys, "score", "-o", f"run.output_dir={tmp_path}", "--arch-list", str(codes))
+    assert code == 2 and err == (f"error: {root / 'latest.json'} is missing (it names the latest checkpoint), but "
+                                 f"{root} holds epoch_001, epoch_002: pass --checkpoint {root / 'epoch_002'}, "
+                                 f'or write {{"tag": "epoch_002"}} into it')
 
 
 def test_validate_reports_changed_code(capsys, tmp_path):
@@ -247,6 +258,14 @@ def test_gpu_requirements_swap_only_the_paddle_wheel():
     cpu, gpu = packages("requirements.txt"), packages("requirements-gpu.txt")
     assert cpu[0].startswith("paddlepaddle==") and gpu[0] == cpu[0].replace("paddlepaddle", "paddlepaddle-gpu")
     assert cpu[1:] == gpu[1:]
+
+
+@pytest.mark.parametrize("nproc", ["abc", "0", "-1", "2x"])
+def test_run_sh_rejects_a_bad_nproc_in_one_line(tmp_path, nproc):
+    """Before anything runs (here: before the set-up), not as a launcher-less run that exits 0."""
+    r = _run_sh(tmp_path, "--setup", env_extra={"NPROC": nproc})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"run.sh: NPROC must be a whole number of processes, at least 1, got '{nproc}'\n"
 
 
 def test_run_sh_rejects_an_unknown_device(tmp_path):

@@ -114,6 +114,41 @@ def test_cli_turns_a_bad_value_into_one_line_and_exit_2(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+CREAM_META = ["train.cream.enabled=true", "train.cream.pick=meta", "data.batch_size=8"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.init_reorder=true"], "train.init_reorder=true reorders a loaded network, but none is loaded: set "
+                                  "train.init_from=FILE (e.g. the organizers' resnet48.pdparams) or pretrain.enabled=true"),
+    (["train.distill.enabled=true"], "train.distill needs a teacher: train.distill.teacher, train.init_from or "
+                                     "pretrain.enabled"),
+    ([*CREAM_META, "train.cream.meta_batch=5"], "train.cream.meta_batch: 5 + 5 images do not fit a batch of 8 "
+                                                "(data.batch_size, a process's batch)"),
+    (["train.cream.enabled=true", "train.cream.meta_features=flat", "train.cream.store_images=9", "data.batch_size=8"],
+     "train.cream.store_images: 9 images do not fit a batch of 8 (data.batch_size; meta_features flat needs them all)"),
+])
+def test_a_combination_that_cannot_work_is_one_line_and_exit_2_at_load(capsys, tmp_path, overrides, message):
+    """Each key valid alone, together refused before anything runs (they ran and did nothing, or
+    failed before the first step, or at the step that needed them)."""
+    from track1.pipeline.cli import main
+    short = [f"run.output_dir={tmp_path}", "train.max_steps=1", "data.train_size=64"]  # if it ran after all
+    args = [a for o in [*overrides, *short] for a in ("-o", o)]
+    assert main(["train", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.init_reorder=true", "pretrain.enabled=true"],  # the pretrain stage's file is reordered
+    ["train.init_reorder=true", "train.init_from=resnet48.pdparams"],
+    ["train.distill.enabled=true", "pretrain.enabled=true"], ["train.distill.enabled=true", "train.distill.teacher=t"],
+    [*CREAM_META, "train.cream.meta_batch=4"], [*CREAM_META, "train.cream.meta_batch=0"],  # 0: halves of the batch
+    ["train.cream.enabled=true", "train.cream.meta_features=flat", "train.cream.store_images=8", "data.batch_size=8"],
+])
+def test_the_combinations_that_work_load(overrides):
+    assert load_config(None, overrides)
+
+
 def test_every_key_with_choices_is_in_the_schema():
     """A key whose default.yaml comment lists its choices ("a | b") is checked against them."""
     from track1.pipeline.config import DEFAULT_CONFIG, _schema

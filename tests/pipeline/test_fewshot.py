@@ -1,4 +1,6 @@
 """Few-shot supernets: the splits, inheritance, routing in both scoring modes, resume, refusals."""
+from pathlib import Path
+
 import numpy as np
 import paddle
 import pytest
@@ -134,3 +136,17 @@ def test_fewshot_needs_a_finished_one_shot_supernet(tmp_path):
     with pytest.raises(UserError, match="one-shot supernet is not trained to its end; run `train` first"):
         fewshot(tiny_config(tmp_path, *FEW), progress=False)
     assert fewshot(tiny_config(tmp_path), progress=False) == (None, "skipped: fewshot.enabled is false")
+
+
+@pytest.mark.parametrize("start", [["pretrain.enabled=true"], ["train.init_from=given/resnet48.pdparams"]])
+def test_a_split_step_keeps_the_one_shot_runs_frozen_teacher(tmp_path, start):
+    """With train.distill the split steps distil from the network the one-shot run did (they lost
+    it with train.init_from, and failed only once the one-shot training was over)."""
+    from track1.methods.base import RunContext
+    from track1.methods.distill import FrozenTeacher
+    from track1.network.pretrained import init_path
+    from track1.pipeline.config import run_dir
+    cfg = tiny_config(tmp_path, *FEW, "train.distill.enabled=true", *start)
+    sc = split_config(cfg, width_split(4, 2))
+    teacher = FrozenTeacher(sc, RunContext(SearchSpace(width_mult=0.125), 1, 1, run_dir(sc)))
+    assert Path(teacher.path) == init_path(cfg, run_dir(cfg)) and sc["train"]["init_from"] == ""

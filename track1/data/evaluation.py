@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 
 from track1.data.datafiles import CACHE, DataError
-from track1.data.images import ImageDataset, collate, image_samples, rgb_to_tensor
+from track1.data.images import ImageDataset, close_loader, collate, image_samples, rgb_to_tensor
 from track1.data.sources import ARRAY_DATA, arrays, check_name, first_n
 
 
@@ -87,8 +87,12 @@ class EvalSet:
 
     def __iter__(self) -> Iterator[tuple[paddle.Tensor, paddle.Tensor]]:
         if self._images is None:
-            for x, y in self._loader():
-                yield self._to_tensor(x), y
+            batches = iter(self._loader())
+            try:
+                for x, y in batches:
+                    yield self._to_tensor(x), y
+            finally:  # a consumer that stops early leaves workers behind otherwise
+                close_loader(batches)
             return
         for a, b in self._spans():
             yield self._to_tensor(self._images[a:b]), paddle.to_tensor(self._labels[a:b])

@@ -31,6 +31,7 @@ SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 FMNIST_PAD = 2          # 28x28 -> 32x32
 FMNIST_SIZE = 28 + 2 * FMNIST_PAD
+FMNIST_CLASSES = 10
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,8 +34,10 @@ def class_dirs(split_dir: Path) -> list[str]:
     return classes
 
 
-def _folder_samples(root: Path, split: str) -> list[tuple[str, int]]:
+def _folder_samples(root: Path, split: str, num_classes: int) -> list[tuple[str, int]]:
     classes = class_dirs(root / "train")  # labels always come from the training classes
+    if len(classes) != num_classes:  # every reader of the folder refuses it alike: prepare, train, score
+        raise DataError(f"{root / 'train'}: {len(classes)} class folders but space.num_classes is {num_classes}")
     index = {c: i for i, c in enumerate(classes)}
     split_dir = root / ("train" if split == "train" else "val")
     samples = []
@@ -86,7 +88,7 @@ def image_samples(cfg: dict, split: str) -> list[tuple[str, int]]:
     key = ("samples", d["name"], str(root.resolve()), listed, split, cfg["space"]["num_classes"])
     if key not in CACHE:
         if d["name"] == "folder":
-            samples = _folder_samples(root, split)
+            samples = _folder_samples(root, split, cfg["space"]["num_classes"])
         elif d["name"] == "list":
             samples = _list_samples(root, list_file, cfg["space"]["num_classes"])
         else:
@@ -97,14 +99,8 @@ def image_samples(cfg: dict, split: str) -> list[tuple[str, int]]:
 
 
 def prepare_images(cfg: dict) -> str:
-    """Check a folder/list dataset (class count, listings, first image); what was found."""
-    d, num_classes = cfg["data"], cfg["space"]["num_classes"]
-    root = Path(d["root"])
-    if d["name"] == "folder":
-        classes = class_dirs(root / "train")
-        if len(classes) != num_classes:
-            raise DataError(f"{root / 'train'}: {len(classes)} class folders but "
-                            f"space.num_classes is {num_classes}")
+    """Check a folder/list dataset (class count, listings, first image: image_samples); what was found."""
+    root = Path(cfg["data"]["root"])
     counts = {s: len(image_samples(cfg, s)) for s in ("train", "val")}
     first = image_samples(cfg, "train")[0][0]
     if not os.path.isfile(first):
@@ -236,6 +232,14 @@ class ImageDataset(paddle.io.Dataset):
             rng = np.random.default_rng([self.seed, epoch, index])
             return train_transform(img, self.resolution, rng), np.int64(label)
         return eval_transform(img, self.resolution), np.int64(label)
+
+
+def close_loader(batches) -> None:
+    """End a DataLoader iterator's worker processes and reader thread now. Dropping the iterator
+    does not: its reader thread holds it, so its workers (and their shared memory) live until the
+    process exits, where they die under it ("DataLoader N workers exit unexpectedly"). Paddle has no
+    public close; its own exit hook (dataloader_iter._clear_loader) calls __del__ the same way."""
+    batches.__del__()
 
 
 def collate(items: list) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ import numpy as np
 
 from track1.data import cifar
 from track1.data.datafiles import DataError
-from track1.data.fmnist import (FMNIST_PAD, FMNIST_SIZE, fmnist_to_tensor, has_fmnist, load_fashion_mnist,
-                                prepare_fmnist)
+from track1.data.fmnist import (FMNIST_CLASSES, FMNIST_PAD, FMNIST_SIZE, fmnist_to_tensor, has_fmnist,
+                                load_fashion_mnist, prepare_fmnist)
 from track1.data.images import normalize, prepare_images
 
 
@@ -27,20 +27,25 @@ def check_resolution(cfg: dict, size: int, what: str) -> None:
                         f"set space.resolution={size}")
 
 
+def check_classes(cfg: dict, name: str, classes: int) -> None:
+    if int(cfg["space"]["num_classes"]) != classes:
+        # A head of another size trains without a word (labels fit any larger one) and scores wrongly.
+        raise DataError(f"space.num_classes={cfg['space']['num_classes']}: {name} has {classes} "
+                        f"classes; set space.num_classes={classes}")
+
+
 def arrays(cfg: dict, split: str) -> tuple[np.ndarray, np.ndarray, Callable]:
     """uint8 images, int64 labels of the split ('train' or 'val') and their batch -> tensor function."""
     name, root = cfg["data"]["name"], Path(cfg["data"]["root"])
     if name == "fashion_mnist":
         check_resolution(cfg, FMNIST_SIZE, f"Fashion-MNIST images are {FMNIST_SIZE}x{FMNIST_SIZE} "
                                             f"(28 padded by {FMNIST_PAD})")
+        check_classes(cfg, name, FMNIST_CLASSES)
         if not has_fmnist(root):
             prepare(cfg)
         return (*load_fashion_mnist(root, "train" if split == "train" else "test"), fmnist_to_tensor)
     check_resolution(cfg, cifar.SIZE, f"{name} images are {cifar.SIZE}x{cifar.SIZE}")
-    classes = cifar.DATASETS[name]["classes"]
-    if int(cfg["space"]["num_classes"]) != classes:
-        raise DataError(f"space.num_classes={cfg['space']['num_classes']}: {name} has {classes} "
-                        f"classes; set space.num_classes={classes}")
+    check_classes(cfg, name, cifar.DATASETS[name]["classes"])
     mean, std = cifar.stats(name)
     images, labels = cifar.load_cifar(root, name, "train" if split == "train" else "test")
     return images, labels, partial(normalize, mean=mean, std=std)
@@ -63,6 +68,7 @@ def prepare(cfg: dict) -> Path:
     name, root = cfg["data"]["name"], Path(cfg["data"]["root"])
     check_name(name)
     if name == "fashion_mnist":
+        check_classes(cfg, name, FMNIST_CLASSES)
         how = prepare_fmnist(root)
     elif name in cifar.DATASETS:
         how = cifar.prepare_cifar(root, name)

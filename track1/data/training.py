@@ -8,7 +8,8 @@ import numpy as np
 import paddle
 
 from track1.data.datafiles import DataError
-from track1.data.images import AUGMENT_PAD, ImageDataset, augment_batch, collate, image_samples, rgb_to_tensor
+from track1.data.images import (AUGMENT_PAD, ImageDataset, augment_batch, close_loader, collate, image_samples,
+                                rgb_to_tensor)
 from track1.data.sources import ARRAY_DATA, IMAGE_DATA, arrays, check_name, first_n
 
 
@@ -129,6 +130,12 @@ class TrainData:
         finally:
             source.close()
 
+    def close(self) -> None:
+        """End the open stream's loader workers (folder/list data); batches() opens a new one."""
+        if not self._in_memory and self._stream is not None:
+            close_loader(self._stream)
+            self._stream, self._position = None, (-1, -1)
+
     def _array_batches(self, epoch: int, start_step: int):
         perm = epoch_permutation(self.seed, epoch, self.num_samples)
         g, b = self.batch_size * self.world_size, self.batch_size
@@ -147,9 +154,9 @@ class TrainData:
 
     def _image_batches(self, epoch: int, start_step: int):
         if self._position != (epoch, start_step):
-            # Not where the open stream is (the first call, a resume, an abandoned epoch): open a
-            # new one; dropping the old iterator ends its workers.
-            self._stream = None
+            # Not where the open stream is (the first call, a resume, an abandoned epoch): end it
+            # and open a new one.
+            self.close()
             dataset = ImageDataset(self._samples[:self.num_samples], self.cfg["space"]["resolution"],
                                    augment=self.augment, seed=self.seed)
             stream = BatchStream(self.num_samples, self.batch_size, self.rank, self.world_size,

@@ -39,8 +39,10 @@ class Method:
     def from_config(cls, cfg: dict, context: RunContext) -> "Method":
         return cls(cfg, context)
 
-    def start(self) -> None:
-        """A fresh run begins (not a resumed one, whose state comes from its checkpoint)."""
+    def start(self) -> list[str]:
+        """A fresh run begins (not a resumed one, whose state comes from its checkpoint); lines that
+        say what the method loaded, if anything."""
+        return []
 
     def extend(self, subnets: list[tuple[str, Arch]], step: int, within: Subspace) -> list[tuple[str, Arch]]:
         """(role, arch) subnets this method adds to the step's forward (a function of the step), drawn

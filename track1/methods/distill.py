@@ -37,8 +37,10 @@ class FrozenTeacher(Method):
         self.teacher.eval()
         self.probs = None
 
-    def start(self) -> None:
-        load_full_network(self.teacher, self.path)  # a fresh run: from the file (a resume: the checkpoint)
+    def start(self) -> list[str]:
+        loaded = load_full_network(self.teacher, self.path)  # a fresh run: from the file (a resume: the checkpoint)
+        return [f"distill: every subnet also learns from a frozen teacher, {loaded}, weight {self.weight}; "
+                f"in eval mode, its BN statistics never move"]
 
     def before_forward(self, model, subnets, x, y, step, lr, optimizer) -> dict:
         self.teacher.eval()

@@ -68,25 +68,22 @@ def read_full_network(path: str | Path, model: paddle.nn.Layer) -> dict[str, np.
     """The tensors of a full-network file in the supernet's names, checked: every tensor of the
     supernet present with its shape, nothing else. The file may use the organizers' names
     (`blocks.*`) or the project's (a supernet or the plain ResNet of the largest code: the same
-    names). A problem is one PretrainedError naming the first tensor in the file's own names."""
+    names). A problem is one PretrainedError naming the tensors in the file's own names."""
     path = Path(path)
-    if not path.is_file():
-        raise PretrainedError(f"{path}: full-network file not found (train.init_from)")
-    try:
-        raw = paddle.load(str(path))
-    except Exception as e:  # paddle raises several types for a truncated or foreign file
-        raise PretrainedError(f"{path}: not a Paddle state dict ({type(e).__name__})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise PretrainedError(f"{path}: not a Paddle state dict of a network")
+    raw = _load_state(path)
     organizers = any(k.startswith("blocks.") for k in raw)
     to_own = project_name if organizers else (lambda k: k)
     to_file = organizer_name if organizers else (lambda k: k)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    unexpected = [k for k in raw if to_own(k) not in expected]
+    if unexpected:
+        raise PretrainedError(
+            f"{path}: {len(unexpected)} of its {len(raw)} tensors are not the supernet's ({_some(unexpected)}); "
+            f"it takes {len(expected)} tensors, in the organizers' names ({_some([organizer_name(k) for k in expected])}) "
+            f"or the project's ({_some(list(expected))})")
     state = {}
     for name, value in raw.items():
         own = to_own(name)
-        if own not in expected:
-            raise PretrainedError(f"{path}: tensor {name} is not one of the supernet's")
         array = value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
         if list(array.shape) != expected[own]:
             raise PretrainedError(f"{path}: tensor {name} has shape {list(array.shape)}, the configured supernet "
@@ -97,6 +94,51 @@ def read_full_network(path: str | Path, model: paddle.nn.Layer) -> dict[str, np.
         raise PretrainedError(f"{path}: tensor {to_file(missing[0])} {expected[missing[0]]} is missing"
                               f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
     return state
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    """The first n names, and how many more."""
+    return ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
+
+
+# How a file that paddle.load cannot read begins: pickle (paddle.save's format) or zip (PyTorch's).
+_PICKLE, _ZIP = b"\x80", b"PK\x03\x04"
+
+
+def _load_state(path: Path) -> dict:
+    """The name -> tensor dict of a .pdparams file, or a PretrainedError saying what the file is
+    instead: missing, empty, text, a truncated or damaged Paddle file, another format."""
+    if not path.is_file():
+        raise PretrainedError(f"{path}: full-network file not found (train.init_from)")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    try:
+        raw = paddle.load(str(path))
+    except Exception as e:  # paddle raises ValueError for most unreadable files, whatever they hold
+        size = path.stat().st_size
+        if not head:
+            raise PretrainedError(f"{path}: an empty file, not a Paddle state dict") from None
+        if head[:1] == _PICKLE and 2 <= head[1] <= 5:
+            raise PretrainedError(f"{path}: a Paddle file that does not load to its end ({size:,} bytes, "
+                                  f"{type(e).__name__}): truncated or damaged, copy or download it again") from None
+        if head[:4] == _ZIP:
+            raise PretrainedError(f"{path}: a zip archive (PyTorch's format?), not a Paddle state dict") from None
+        if b"\0" not in head and _is_text(head):
+            first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
+            raise PretrainedError(f"{path}: a text file, not a Paddle state dict (it begins {first!r})") from None
+        raise PretrainedError(f"{path}: not a Paddle state dict ({size:,} bytes, {type(e).__name__})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise PretrainedError(f"{path}: not a Paddle state dict of a network (it holds "
+                              f"{'an empty dict' if isinstance(raw, dict) else type(raw).__name__})")
+    return raw
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # only a character cut at the end of the 512 bytes
+    return True
 
 
 def reorder_mid_channels(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,13 +160,14 @@ def reorder_mid_channels(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_full_network(model: paddle.nn.Layer, path: str | Path, reorder: bool = False) -> None:
+def load_full_network(model: paddle.nn.Layer, path: str | Path, reorder: bool = False) -> str:
     """Set the supernet (or the plain ResNet of the largest code) to the full network of `path`
-    (read_full_network), its mid channels reordered if asked."""
+    (read_full_network), its mid channels reordered if asked; what was loaded, for the start-up line."""
     state = read_full_network(path, model)
     if reorder:
         state = reorder_mid_channels(state)
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    return f"{path} ({len(state)} tensors, mid channels {'reordered by importance' if reorder else 'in their saved order'})"
 
 
 def write_organizer_file(model: SuperNet, path: str | Path) -> Path:

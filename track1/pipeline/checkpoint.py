@@ -64,6 +64,20 @@ def latest(run_dir: Path) -> Path | None:
     return checkpoint_root(run_dir) / tag
 
 
+def without_pointer(run_dir: Path) -> str:
+    """Why a run has no latest checkpoint: '' when it has none at all, else a line naming the
+    missing pointer, the checkpoints it holds and how to use one (a pointer lost, or a folder
+    copied without it)."""
+    root = checkpoint_root(run_dir)
+    found = sorted((d for d in root.glob("*/model.pdparams") if not d.parent.name.startswith(".")),
+                   key=lambda f: f.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        return ""
+    newest, names = found[-1].parent, ", ".join(f.parent.name for f in found)
+    return (f"{root / 'latest.json'} is missing (it names the latest checkpoint), but {root} holds "
+            f"{names}: pass --checkpoint {newest}, or write {{\"tag\": \"{newest.name}\"}} into it")
+
+
 def read_meta(path: Path) -> dict:
     meta_file = Path(path) / "meta.json"
     try:

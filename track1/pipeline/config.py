@@ -294,9 +294,32 @@ def _schema() -> dict[str, tuple]:
     return schema
 
 
+def _combinations(cfg: dict) -> list[str]:
+    """What cannot work in keys that are each valid alone, one line each: caught here, at load,
+    instead of before the first step or at the step that needs it."""
+    t, c, batch = cfg["train"], cfg["train"]["cream"], cfg["data"]["batch_size"]
+    network = bool(t["init_from"]) or cfg["pretrain"]["enabled"]  # what train starts from (pretrained.init_path)
+    problems = []
+    if t["init_reorder"] and not network:
+        problems.append("train.init_reorder=true reorders a loaded network, but none is loaded: set "
+                        "train.init_from=FILE (e.g. the organizers' resnet48.pdparams) or pretrain.enabled=true")
+    if t["bn_stats"] == "frozen" and not network:
+        problems.append("train.bn_stats: frozen keeps the statistics of the network the run starts from: "
+                        "set train.init_from or pretrain.enabled")
+    if t["distill"]["enabled"] and not (t["distill"]["teacher"] or network):
+        problems.append("train.distill needs a teacher: train.distill.teacher, train.init_from or pretrain.enabled")
+    if c["enabled"] and c["pick"] == "meta" and 2 * c["meta_batch"] > batch:  # at the first matcher update
+        problems.append(f"train.cream.meta_batch: {c['meta_batch']} + {c['meta_batch']} images do not fit a "
+                        f"batch of {batch} (data.batch_size, a process's batch)")
+    if c["enabled"] and c["meta_features"] == "flat" and c["store_images"] > batch:  # at the first board entry
+        problems.append(f"train.cream.store_images: {c['store_images']} images do not fit a batch of {batch} "
+                        f"(data.batch_size; meta_features flat needs them all)")
+    return problems
+
+
 def check(cfg: dict) -> dict:
     """cfg, or a one-line ConfigError naming the first key whose value is not among its choices or
-    outside its range (the schema above)."""
+    outside its range (the schema above), or the first combination of keys that cannot work."""
     for name, rule in _schema().items():
         value = _lookup(cfg, name.split("."))
         kind = rule[0]
@@ -308,8 +331,7 @@ def check(cfg: dict) -> dict:
             raise ConfigError(f"{name}: must be above {rule[1]}, got {value!r}")
         if kind == "in" and not rule[1] <= value <= rule[2]:
             raise ConfigError(f"{name}: must be in [{rule[1]}, {rule[2]}], got {value!r}")
-    t = cfg["train"]
-    if t["bn_stats"] == "frozen" and not t["init_from"] and not cfg["pretrain"]["enabled"]:
-        raise ConfigError("train.bn_stats: frozen keeps the statistics of the network the run starts from: "
-                          "set train.init_from or pretrain.enabled")
+    problems = _combinations(cfg)
+    if problems:
+        raise ConfigError(problems[0])
     return cfg

@@ -17,6 +17,7 @@ import paddle
 
 from track1.errors import UserError
 from track1.network.build import build_fewshot
+from track1.network.pretrained import init_path
 from track1.pipeline import checkpoint
 from track1.pipeline.config import run_dir
 from track1.pipeline.train import max_steps, train
@@ -30,12 +31,14 @@ def steps_of(cfg: dict) -> list[Split]:
 
 def split_config(cfg: dict, split: Split) -> dict:
     """The config of one split step's run: fewshot.epochs at fewshot.lr (cosine, no warm-up), its
-    share of train.max_steps, no initial file, no rank check."""
+    share of train.max_steps, no initial file (the frozen teacher, if any, stays), no rank check."""
     out = copy.deepcopy(cfg)
     out["run"]["output_dir"], out["run"]["name"] = str(run_dir(cfg) / "fewshot"), split.name
     f, t = cfg["fewshot"], out["train"]
     t.update({"epochs": f["epochs"], "lr": f["lr"], "warmup_epochs": 0.0, "init_from": "",
               "max_steps": max_steps(cfg) if cfg["train"]["max_steps"] else 0})
+    if t["distill"]["enabled"] and not t["distill"]["teacher"]:  # the one-shot run's teacher, named
+        t["distill"]["teacher"] = str(init_path(cfg, run_dir(cfg)))
     out["pretrain"]["enabled"] = False
     out["fewshot"]["enabled"] = False  # the step itself is a plain run of a few-shot supernet
     out["monitor"]["every_epochs"] = 0

@@ -58,6 +58,7 @@ def preflight(cfg: dict) -> list[Check]:
     checks.append(step_check)
     checks.append(_epoch_end_check(cfg, rank, world, capacity))
     checks.append(_loader(cfg, data, step_s))
+    data.close()
     checks.append(_host_ram(cfg, world))
     return checks
 

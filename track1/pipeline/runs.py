@@ -47,7 +47,8 @@ def find_checkpoint(cfg: dict, given: str | None) -> Path:
         return final_checkpoint(cfg)[0]
     last = checkpoint.latest(run_dir(cfg))
     if last is None:
-        raise checkpoint.CheckpointError(f"{run_dir(cfg)}: no checkpoint; run `train` first")
+        raise checkpoint.CheckpointError(checkpoint.without_pointer(run_dir(cfg))
+                                         or f"{run_dir(cfg)}: no checkpoint; run `train` first")
     return last
 
 

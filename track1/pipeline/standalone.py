@@ -143,6 +143,7 @@ def fit(cfg: dict, net: ResNet, seed: int, log_dir: str | os.PathLike | None = N
             writer.add_scalar("val/top1", acc, step)
             writer.add_scalar("val/loss", val_loss, step)
     finally:
+        data.close()  # a run that ends mid-epoch leaves its loader workers otherwise
         bar.close()
         if writer is not None:
             writer.close()

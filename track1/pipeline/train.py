@@ -49,7 +49,9 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
     if step >= stop_at:
         return checkpoint.latest(out)
     if step == 0:
-        trainer.start()
+        for line in trainer.start():
+            if main:
+                print(line)
     started = time.perf_counter()
 
     def save(tag: str, health_top1: dict | None = None) -> Path | None:
@@ -96,6 +98,7 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
             report.window.restart()
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")
+    data.close()
     report.close()
     return final if final is not None or not main else checkpoint.latest(out)
 

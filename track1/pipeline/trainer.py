@@ -43,16 +43,26 @@ class Trainer:
         unused = split is not None or not uses_every_parameter(t["sampler"])  # other groups' weights too
         self.net = paddle.DataParallel(self.model, find_unused_parameters=unused) if world > 1 else self.model
 
-    def start(self) -> None:
+    def start(self) -> list[str]:
         """A fresh run begins: the supernet from train.init_from (or the pretrain stage's file), its
-        mid channels reordered if asked, and each method's own start (a frozen teacher's weights)."""
+        mid channels reordered if asked, and each method's own start (a frozen teacher's weights);
+        the lines that say what was loaded."""
         path = init_path(self.cfg, self.run_dir) if self.run_dir is not None else self.cfg["train"]["init_from"]
         if self.initial_state is not None:
             self.model.set_state_dict(self.initial_state)
+            lines = ["init: the supernet starts from the weights it was split from"]
         elif path:
-            load_full_network(self.model, path, self.t["init_reorder"])
+            source = "train.init_from" if self.t["init_from"] else "the pretrain stage's file"
+            lines = [f"init: the supernet starts from {source} "
+                     f"{load_full_network(self.model, path, self.t['init_reorder'])}"]
+        else:
+            lines = ["init: the supernet starts from scratch (no train.init_from, no pretrain stage before it)"]
+        if self.t["bn_stats"] == "frozen":
+            lines.append("bn: every training step normalises with these running statistics, never updated "
+                         "(train.bn_stats: frozen); scoring re-calibrates them")
         for m in self.methods:
-            m.start()
+            lines += m.start()
+        return lines
 
     def within(self, step: int) -> tuple[Subspace, int | None]:
         """The part of the space this step draws from (a few-shot split: its groups in turn), and its
