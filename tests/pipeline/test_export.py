@@ -9,6 +9,7 @@ import paddle.nn.functional as F
 import pytest
 
 from track1.data import calibration_batches, validation_batches
+from track1.errors import UserError
 from track1.files import read_jsonl
 from track1.network.resnet import ResNet
 from track1.network.supernet import SuperNet
@@ -215,8 +216,11 @@ def test_load_exported_refuses_a_file_of_another_network(tmp_path):
     state, _ = ex.named_state(ResNet(SPACE.widths(code_a), SPACE), "relu")
     with pytest.raises(ex.ExportError, match="does not fit the network of these widths"):
         ex.load_exported(ResNet(SPACE.widths(code_b), SPACE), _saved(state))
-    with pytest.raises(ex.ExportError, match="exported weights not found"):
+    with pytest.raises(UserError, match="exported weights not found"):
         ex.load_exported(ResNet(SPACE.widths(code_a), SPACE), tmp_path / "none.pdparams")
+    (tmp_path / "text.pdparams").write_text("not weights")  # what the file is instead, as train.init_from says
+    with pytest.raises(UserError, match="a text file, not a Paddle state dict"):
+        ex.load_exported(ResNet(SPACE.widths(code_a), SPACE), tmp_path / "text.pdparams")
 
 
 def test_a_submission_gives_its_best_codes_and_top_is_checked(tmp_path):

@@ -70,7 +70,7 @@ def read_full_network(path: str | Path, model: paddle.nn.Layer) -> dict[str, np.
     (`blocks.*`) or the project's (a supernet or the plain ResNet of the largest code: the same
     names). A problem is one PretrainedError naming the tensors in the file's own names."""
     path = Path(path)
-    raw = _load_state(path)
+    raw = read_state_file(path)
     organizers = any(k.startswith("blocks.") for k in raw)
     to_own = project_name if organizers else (lambda k: k)
     to_file = organizer_name if organizers else (lambda k: k)
@@ -105,11 +105,11 @@ def _some(names: list[str], n: int = 3) -> str:
 _PICKLE, _ZIP = b"\x80", b"PK\x03\x04"
 
 
-def _load_state(path: Path) -> dict:
+def read_state_file(path: Path, role: str = "full-network file (train.init_from)") -> dict:
     """The name -> tensor dict of a .pdparams file, or a PretrainedError saying what the file is
-    instead: missing, empty, text, a truncated or damaged Paddle file, another format."""
+    instead: missing (named by its role), empty, text, a truncated or damaged Paddle file, another format."""
     if not path.is_file():
-        raise PretrainedError(f"{path}: full-network file not found (train.init_from)")
+        raise PretrainedError(f"{path}: {role} not found")
     with open(path, "rb") as f:
         head = f.read(512)
     try:

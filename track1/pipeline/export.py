@@ -17,7 +17,7 @@ from track1.data.fmnist import FMNIST_MEAN, FMNIST_STD
 from track1.data.images import IMAGENET_MEAN, IMAGENET_STD
 from track1.errors import UserError
 from track1.files import read_jsonl, write_json
-from track1.network.pretrained import organizer_name
+from track1.network.pretrained import organizer_name, read_state_file
 from track1.network.resnet import ResNet
 from track1.network.supernet import SuperNet
 from track1.pipeline import checkpoint, runs
@@ -105,12 +105,7 @@ def load_exported(net: ResNet, path: str | os.PathLike) -> None:
     """Set a plain network to an exported model.pdparams (either naming), checked: every tensor of
     the network present with its shape, nothing else; a problem is one ExportError."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: exported weights not found")
-    try:
-        raw = paddle.load(str(path))
-    except Exception as e:  # paddle raises several types for a truncated or foreign file
-        raise ExportError(f"{path}: not a Paddle state dict ({type(e).__name__})") from None
+    raw = read_state_file(path, "exported weights")
     own = net.state_dict()
     organizers = any(k.startswith("blocks.") for k in raw)
     names = {(organizer_name(k, net.widths.depths) if organizers else k): k for k in own}
