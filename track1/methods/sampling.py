@@ -23,6 +23,9 @@ SAMPLERS = ("sandwich", "spos", "random", "largest")
 PAIR_MODES = ("partners", "extra", "free")
 DISTANCES = ("hamming", "group")
 BIAS_RULES = ("none", "tilt", "top_of")
+# How a few-shot split step draws (fewshot.step): one group a step in turn | the sandwich over the whole
+# space, each subnet routed to its group (the 4th place) | one group after another (the 2nd place).
+FEWSHOT_STEPS = ("rotate", "global_sandwich", "sequence")
 
 
 def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -137,6 +140,14 @@ def phase_at(phases: list[Phase], step: int, total_steps: int) -> int:
     """The index of the phase a step belongs to (a function of the step: a resume keeps it)."""
     fraction = step / max(1, total_steps)
     return next(i for i, p in enumerate(phases) if fraction < p.until or i == len(phases) - 1)
+
+
+def steps_for_every_phase(phases: list[Phase]) -> int:
+    """The fewest steps a run needs for every phase to get at least one."""
+    n = len(phases)
+    while len({phase_at(phases, s, n) for s in range(n)}) < len(phases):
+        n += 1
+    return n
 
 
 def uses_every_parameter(rule: str) -> bool:

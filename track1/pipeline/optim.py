@@ -18,21 +18,24 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(section: dict, model: paddle.nn.Layer, total_steps: int, steps_per_epoch: int):
+def build_optimizer(section: dict, model: paddle.nn.Layer, total_steps: int, steps_per_epoch: int,
+                    lr_scales: dict[str, float] | None = None):
     """(optimizer, LR scheduler) of `section` (cfg["train"] or cfg["standalone"]: optimizer, lr,
-    min_lr, momentum, nesterov, weight_decay, no_decay_bn_bias, warmup_epochs, grad_clip)."""
+    min_lr, momentum, nesterov, weight_decay, no_decay_bn_bias, warmup_epochs, grad_clip);
+    lr_scales: parameter name -> a factor on the lr (Paddle's per-group learning_rate multiplier)."""
     base_lr = section["lr"]
     warmup = int(round(section["warmup_epochs"] * steps_per_epoch))
     min_ratio = section["min_lr"] / base_lr if base_lr else 0.0
     scheduler = paddle.optimizer.lr.LambdaDecay(
         base_lr, lambda s: lr_factor(s, warmup, total_steps, min_ratio))
     wd = section["weight_decay"]
-    if section["no_decay_bn_bias"]:
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
         # 1-D parameters are BN scales/shifts, biases and PReLU slopes.
-        params = [{"params": [p for p in model.parameters() if len(p.shape) > 1], "weight_decay": wd},
-                  {"params": [p for p in model.parameters() if len(p.shape) <= 1], "weight_decay": 0.0}]
-    else:
-        params = [{"params": model.parameters(), "weight_decay": wd}]
+        decay = 0.0 if section["no_decay_bn_bias"] and len(p.shape) <= 1 else wd
+        groups.setdefault((decay, (lr_scales or {}).get(p.name, 1.0)), []).append(p)
+    params = [{"params": ps, "weight_decay": decay, **({"learning_rate": scale} if scale != 1.0 else {})}
+              for (decay, scale), ps in groups.items()]
     clip = paddle.nn.ClipGradByValue(section["grad_clip"]) if section["grad_clip"] else None
     if section["optimizer"] == "momentum":
         opt = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=section["momentum"],

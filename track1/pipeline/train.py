@@ -20,7 +20,7 @@ from track1.pipeline.config import run_dir
 from track1.pipeline.progress import Progress
 from track1.pipeline.trainer import Trainer
 from track1.ranking.health import describe_health, health, health_sets
-from track1.space.split import Split, split_steps
+from track1.space.split import Split
 
 
 def train(cfg: dict, resume: bool = False, progress: bool = True, split: Split | None = None,
@@ -44,7 +44,7 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
         print(runtime.describe(world, trainer.precision.mode, trainer.precision.device_note()))
         for line in trainer.notes() + runtime.shared_memory_notes(cfg):
             print(line)
-    stop_at = min(trainer.total_steps, max_steps(cfg)) if t["max_steps"] > 0 else trainer.total_steps
+    stop_at = trainer.run_steps
     step, seconds_before = resume_from(cfg, out, trainer, world, spe, resume, main, stop_at)
     if step >= stop_at:
         return checkpoint.latest(out)
@@ -98,14 +98,6 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
             final = save(f"step_{step:07d}")
     report.close()
     return final if final is not None or not main else checkpoint.latest(out)
-
-
-def max_steps(cfg: dict) -> int:
-    """This run's share of train.max_steps, which caps the whole of a few-shot run: the one-shot
-    training and each split step (track1.pipeline.fewshot) take an equal share."""
-    f = cfg["fewshot"]
-    phases = 1 + (len(split_steps(f["split"], f["stage"], f["groups"])) if f["enabled"] else 0)
-    return max(1, cfg["train"]["max_steps"] // phases)
 
 
 def distributed() -> tuple[int, int]:
