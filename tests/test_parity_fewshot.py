@@ -15,7 +15,8 @@ the references build the loss forward by forward and take its gradient with padd
 through the project's methods. The subnets drawn are the project's (i.i.d. from the tied sub-space,
 where the teams walk the official list: docs/METHODS.md), checked to be what the team's step takes.
 
-Mutations checked by hand, each failing a test here:
+Mutations checked by hand, each failing a test here (those on the NSAS set's ties and recent paths
+fail tests/methods/test_nsas.py too or only):
  width: fewshot.step rotate (group-local largest, smallest and teacher); fewshot.group_lr equal; the
    difflr table on all 5 blocks of a stage (their range(4) misses one); no_decay_bn_bias true; label
    smoothing 0; the teacher's softmax not detached (in-place teacher's gradient); lrs x2 dropped.

@@ -134,3 +134,59 @@ def test_fewshot_needs_a_finished_one_shot_supernet(tmp_path):
     with pytest.raises(UserError, match="one-shot supernet is not trained to its end; run `train` first"):
         fewshot(tiny_config(tmp_path, *FEW), progress=False)
     assert fewshot(tiny_config(tmp_path), progress=False) == (None, "skipped: fewshot.enabled is false")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["fewshot.group_epochs=[1, 2]"], "fewshot.group_epochs: only with fewshot.step sequence"),
+    (["fewshot.step=sequence", "fewshot.split=depth", "fewshot.group_epochs=[1, 2]"],
+     "fewshot.group_epochs [1, 2]: epochs (>= 0) for each of the 5 groups"),
+    (["fewshot.step=global_sandwich", "fewshot.train={sampler: spos}"], "global_sandwich: the 4th place's sandwich"),
+    (["fewshot.group_lr=difflr", "fewshot.split=depth"], "difflr: the 4th place's lr table is for a width split"),
+    (["fewshot.train={epochs: 3}"], "fewshot.train.epochs: a split step sets it"),
+    (["fewshot.train={nsas: {enabled: true}}"], "fewshot.train.nsas: NSAS regularises one path a step"),
+    (["fewshot.train={distill: {enabled: true}}"], "fewshot.train.distill needs a teacher"),
+    (["fewshot.lrs=[0.1]"], "fewshot.lrs [0.1]: one lr (>= 0) a split step, 5 here"),
+    (["score.fewshot_step=width4x9"], "score.fewshot_step: 'width4x9' is not a split step of this config"),
+])
+def test_few_shot_combinations_that_cannot_work_are_refused_at_load(capsys, overrides, message):
+    from track1.pipeline.cli import main
+    argv = ["prepare", "-o", "fewshot.enabled=true"] + [x for o in overrides for x in ("-o", o)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_progressive_then_few_shot_by_depth_in_sequence_runs_end_to_end(tmp_path):
+    """The 2nd place's pipeline, capped: every progressive phase, then groups 0-3 one after another (the
+    crash of issue 28: the split step narrowed every group by a progressive phase); group 4 untouched."""
+    from conftest import REPO
+    from track1.pipeline.config import load_config
+    from track1.pipeline.pretrain import pretrain
+    cfg = load_config(REPO / "configs" / "progressive_fewshot.yaml", [
+        f"run.output_dir={tmp_path}", "space.width_mult=0.125", "data.train_size=256", "data.batch_size=32",
+        "train.eval_images=64", "train.eval_subnets=1", "train.max_steps=14", "pretrain.max_steps=2",
+        "fewshot.group_epochs=[1, 1.5, 1, 1.5, 0]"])
+    pretrain(cfg, progress=False)
+    one_shot = train(cfg, progress=False)
+    assert checkpoint.read_meta(one_shot)["step"] == 8  # the 7 phases need 8 steps, more than 14 x 2/7
+    final, what = fewshot(cfg, progress=False)
+    assert "1 split step(s), the last depth34x5 with 5 groups" in what
+    runs_made = sorted(p.name for p in (tmp_path / cfg["run"]["name"] / "fewshot").iterdir())
+    assert runs_made == [f"depth34x5_g{g}" for g in range(4)]
+    assert final.parent.parent.name == "depth34x5_g3" and checkpoint.read_meta(final)["finished"]
+    before, after = paddle.load(str(one_shot / "model.pdparams")), _weights(final)
+    for name, v in before.items():  # group 4 keeps the one-shot weights, group 0 (trained first) moved
+        np.testing.assert_array_equal(after[f"parts.4.{name}"], v.numpy())
+    assert any(not np.array_equal(after[f"parts.0.{n}"], v.numpy()) for n, v in before.items())
+
+
+def test_score_takes_any_split_step_and_names_it_in_its_log(tmp_path):
+    cfg = tiny_config(tmp_path, *FEW)
+    train(cfg, progress=False)
+    last, _ = fewshot(cfg, progress=False)
+    first = runs.find_checkpoint(tiny_config(tmp_path, *FEW, "score.fewshot_step=width4x2"), None)
+    assert checkpoint.read_meta(first)["split"] == "width4x2" and runs.find_checkpoint(cfg, None) == last
+    names = [runs.scores_path(cfg, "list", c).name for c in (first, last)]
+    assert names[0].startswith("list@width4x2.") and names[1].startswith("list@width4x3.")
+    space, model = runs.load_supernet(cfg, first)  # an earlier step's checkpoint scores with its own split
+    assert len(model.parts) == 2
