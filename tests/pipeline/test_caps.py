@@ -20,9 +20,9 @@ def test_the_cap_is_shared_by_epochs_with_enough_for_every_phase_and_group():
     # a cap too small for the 7 phases and 5 groups: each part still gets what it needs
     tiny = _cfg("progressive", "fewshot.enabled=true", "fewshot.split=depth", "train.max_steps=4")
     assert capped_steps(tiny) == 8 and capped_steps(tiny, "depth34x5") == 5
-    # a 6-group width step gets 6 steps at least; a sequence step's untrained group none
+    # an n-group width step gets n steps at least; a sequence step's untrained group none
     width = _cfg("fewshot_width", "train.max_steps=20")
-    assert [capped_steps(width, n) for n, _, _ in parts(width)] == [8, 2, 3, 4, 5, 6]
+    assert [capped_steps(width, n) for n, _, _ in parts(width)] == [9, 2, 3, 4, 5, 6, 7]
     depth = _cfg("fewshot_depth", "train.max_steps=40")
     assert [n for n, _, _ in parts(depth)] == ["train"] + [f"depth34x5_g{g}" for g in range(4)]
     assert [capped_steps(depth, n) for n, _, _ in parts(depth)] == [30, 2, 3, 2, 3]

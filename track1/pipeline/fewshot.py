@@ -52,6 +52,8 @@ def split_config(cfg: dict, split: Split, group: int | None = None) -> dict:
               "lr": f["lrs"][k] if f["lrs"] else f["lr"], "warmup_epochs": 0.0, "init_from": "",
               "max_steps": capped_steps(cfg, part_name(split, group)),
               "split": {"step": f["step"], "group_lr": f["group_lr"], "group": group}})
+    if f["group_lr"] == "difflr":  # their difflr decays every parameter; at 7 groups their plain optimizer
+        t["no_decay_bn_bias"] = len(split.groups) == 7
     if t["distill"]["enabled"] and not t["distill"]["teacher"]:
         t["distill"]["teacher"] = str(init_path(cfg, run_dir(cfg)))
     out["train"] = t
