@@ -190,3 +190,39 @@ def test_score_takes_any_split_step_and_names_it_in_its_log(tmp_path):
     assert names[0].startswith("list@width4x2.") and names[1].startswith("list@width4x3.")
     space, model = runs.load_supernet(cfg, first)  # an earlier step's checkpoint scores with its own split
     assert len(model.parts) == 2
+
+
+def test_a_sequence_step_killed_in_a_group_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+    """fewshot_depth.yaml's groups in sequence, NSAS and the frozen teacher: the run killed in group 1
+    and resumed (its NSAS set and recent paths from the checkpoint) ends as the uninterrupted one."""
+    from conftest import REPO
+    from track1.pipeline import trainer as trainer_mod
+    from track1.pipeline.config import load_config
+    from track1.pipeline.pretrain import pretrain
+
+    def run(root):
+        cfg = load_config(REPO / "configs" / "fewshot_depth.yaml", [
+            f"run.output_dir={root}", "space.width_mult=0.125", "data.train_size=256", "data.batch_size=32",
+            "train.eval_images=64", "train.eval_subnets=1", "train.max_steps=16", "train.save_every_steps=1",
+            "pretrain.max_steps=2", "fewshot.group_epochs=[1, 1.5, 1, 1.5, 0]"])
+        pretrain(cfg, progress=False)
+        train(cfg, progress=False)
+        return cfg
+    full, _ = fewshot(run(tmp_path / "a"), progress=False)
+    cfg = run(tmp_path / "b")
+    real, calls = trainer_mod.Trainer.step, []
+
+    def dying(self, x, y, step, *a, **k):
+        if self.split_step["group"] == 1 and step == 2 and not calls:
+            calls.append(step)
+            raise KeyboardInterrupt
+        return real(self, x, y, step, *a, **k)
+    monkeypatch.setattr(trainer_mod.Trainer, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fewshot(cfg, progress=False)
+    resumed, _ = fewshot(cfg, progress=False)
+    assert calls == [2] and checkpoint.read_meta(resumed)["step"] == 3
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
