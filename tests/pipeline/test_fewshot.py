@@ -226,3 +226,13 @@ def test_a_sequence_step_killed_in_a_group_and_resumed_ends_with_the_same_weight
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_split_step_of_part_of_an_epoch_ends_with_its_health_check(tmp_path):
+    cfg = tiny_config(tmp_path, "fewshot.enabled=true", "fewshot.groups=[2, 3]", "fewshot.epochs=0.5",
+                      "train.epochs=1", "train.eval_subnets=1")
+    train(cfg, progress=False)
+    final, _ = fewshot(cfg, progress=False)
+    meta = checkpoint.read_meta(final)
+    assert final.name == "epoch_001" and meta["step"] == 4 and meta["finished"]  # 8 steps an epoch
+    assert {"val/top1_largest", "val/top1_smallest"} <= set(meta["val_top1"])

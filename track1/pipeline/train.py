@@ -83,16 +83,18 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
             if step % spe and step % t["save_every_steps"] == 0:
                 save(f"step_{step:07d}")
                 report.window.restart()
-        if step % spe == 0:
-            # epoch end: health and rank check on every rank's share, then the checkpoint
+        if step % spe == 0 or step == trainer.total_steps:
+            # epoch end (or the end of a run of part of an epoch, a few-shot step's): health and rank
+            # check on every rank's share, then the checkpoint
+            ep = -(-step // spe)
             top1 = health(trainer.model, trainer.space, sets, t["eval_subnets"], world)
-            report.say(f"epoch {step // spe} step {step}: {describe_health(top1)}")
+            report.say(f"epoch {ep} step {step}: {describe_health(top1)}")
             report.log(top1, step)
-            if rank_check is not None and rank_check.due(step // spe):
-                checked = rank_check(trainer.model, step // spe)  # to the log only (track1/pipeline/monitor.py)
-                report.say(f"epoch {step // spe}: {rank_check.describe(checked)}")
+            if rank_check is not None and rank_check.due(ep):
+                checked = rank_check(trainer.model, ep)  # to the log only (track1/pipeline/monitor.py)
+                report.say(f"epoch {ep}: {rank_check.describe(checked)}")
                 report.log(checked, step)
-            final = save(f"epoch_{step // spe:03d}", top1)
+            final = save(f"epoch_{ep:03d}", top1)
             report.window.restart()
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")
