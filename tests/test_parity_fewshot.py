@@ -235,3 +235,46 @@ def test_fewshot_depth_trains_groups_0_to_3_in_sequence_1_and_3_longer(depth_con
         t = split_config(cfg, split, g)["train"]
         assert (t["split"]["group"], t["warmup_epochs"], t["nesterov"], t["grad_clip"]) == (g, 0.0, False, 0.0)
         assert not t["no_decay_bn_bias"] and t["sampler"] == "spos" and t["distill"]["weight"] == 0.4
+
+
+def test_fewshot_depth_groups_step_their_cosine_once_of_their_epochs(depth_config):
+    """CosineAnnealingDecay(lr, epochs) stepped once an epoch: 6 stairs over group 0's 0.2 epochs, 9
+    over group 1's 0.3 (lr_stairs 30 an epoch), each group from the full lr."""
+    (split,) = steps_of(depth_config)
+    for g, their_epochs in ((0, 6), (1, 9)):
+        sc = split_config(depth_config, split, g)
+        tr = Trainer(sc, 469, split=split)
+        lrs = []
+        for _ in range(tr.run_steps):
+            lrs.append(tr.scheduler())
+            tr.scheduler.step()
+        n = len(lrs)
+        for e in range(their_epochs):  # the middle step of each of their epochs
+            expected = sc["train"]["lr"] * 0.5 * (1 + np.cos(np.pi * e / their_epochs))
+            assert lrs[int((e + 0.5) * n / their_epochs)] == pytest.approx(expected)
+
+
+def test_progressive_fewshot_one_shot_run_is_the_2nd_places_schedule(tmp_path):
+    """train_supernet.py's six optimizers over 70 epochs ((lr, 5), (2 lr, 10), (4 lr, 15), (lr, 5),
+    (2 lr, 10), (4 lr, 25)), each a cosine stepped once an epoch, and autoslim.py's phases by epoch,
+    at the middle step of each of their epochs mapped onto the preset's 2 epochs."""
+    cfg = load_config(REPO / "configs" / "progressive_fewshot.yaml", ["space.width_mult=0.125"])
+    tr = Trainer(cfg, 469)
+    n = tr.run_steps
+    lrs = []
+    for _ in range(n):
+        lrs.append(tr.scheduler())
+        tr.scheduler.step()
+    segments, start = [], 0
+    for mult, length in ((1, 5), (2, 10), (4, 15), (1, 5), (2, 10), (4, 25)):
+        segments += [(mult, length, e - start) for e in range(start, start + length)]
+        start += length
+    for epoch, (mult, length, e) in enumerate(segments):
+        step = int((epoch + 0.5) * n / 70)
+        assert lrs[step] == pytest.approx(0.05 * mult * 0.5 * (1 + np.cos(np.pi * e / length))), epoch
+        within, _ = tr.within(step)
+        min_depths = (4, 4, 6, 2) if epoch < 5 else (3, 3, 4, 2) if epoch < 15 else (2, 2, 2, 2)
+        max_codes = (1, 1, 1, 1) if epoch < 30 else (3, 3, 3, 3) if epoch < 35 else (3, 3, 5, 5) if epoch < 45 \
+            else (3, 3, 5, 7)
+        assert tuple(min(d) for d in within.depths) == min_depths, epoch
+        assert tuple(max(c) for c in within.outs) == max_codes and tuple(max(c) for c in within.mids) == max_codes

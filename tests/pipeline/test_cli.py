@@ -282,8 +282,9 @@ def test_run_sh_runs_each_winning_teams_preset_capped_by_max_steps(tmp_path, pre
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "submit" / "p.json").exists()
     # train.max_steps caps the whole run, shared by epochs (track1/pipeline/caps.py): the one-shot run
-    # (at least the 8 steps progressive's 7 phases need) and each split run (here 4 steps an epoch, so
-    # 0.4 epochs of a width step 2 steps, a depth group's 0.2 or 0.3 one); the pretrain run its epoch
+    # (at least the steps progressive's phases need, within its own epochs) and each split run (4 steps
+    # an epoch, so 0.4 epochs of a width step are 2 steps, a depth group's 0.2 or 0.3 one); the pretrain
+    # run its epoch
     runs_done = {p.parent.parent.name: json.loads(p.read_text())["step"]
                  for p in (tmp_path / "out" / "p").rglob("latest.json")}
     expected = {"fewshot_width": {"p": 5, **{f"width4x{n}": 2 for n in range(2, 8)}},

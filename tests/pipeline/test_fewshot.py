@@ -168,7 +168,7 @@ def test_progressive_then_few_shot_by_depth_in_sequence_runs_end_to_end(tmp_path
         "fewshot.group_epochs=[1, 1.5, 1, 1.5, 0]"])
     pretrain(cfg, progress=False)
     one_shot = train(cfg, progress=False)
-    assert checkpoint.read_meta(one_shot)["step"] == 8  # the 7 phases need 8 steps, more than 14 x 2/7
+    assert checkpoint.read_meta(one_shot)["step"] == 9  # their 6 phases need 9 steps, more than 14 x 2/7
     final, what = fewshot(cfg, progress=False)
     assert "1 split step(s), the last depth34x5 with 5 groups" in what
     runs_made = sorted(p.name for p in (tmp_path / cfg["run"]["name"] / "fewshot").iterdir())

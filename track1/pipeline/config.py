@@ -28,7 +28,7 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot"}
 # value a fingerprint leaves it out, so adding it orphans no checkpoint, score log or ground truth.
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
            "train.init_reorder": False, "train.draw": "official",
-           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0,
+           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "train.lr_stairs": 0,
            "train.split": {"step": "rotate", "group_lr": "equal", "group": None}}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
 # neutral value.
@@ -56,7 +56,7 @@ _FREE_FORM = {"train.ranking.teacher"}
 # train.* keys a split step sets differently from the one-shot run.
 _OVERLAYS = {"fewshot.train": "train"}
 # Integer keys that also take a fraction (a split step may be part of an epoch).
-_FRACTIONAL = {"fewshot.epochs"}
+_FRACTIONAL = {"fewshot.epochs", "train.lr_stairs"}
 
 
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
@@ -270,6 +270,7 @@ def _schema() -> dict[str, tuple]:
         "train.bias.rule": one_of(BIAS_RULES), "train.bias.temperature": (">", 0), "train.bias.pool": at_least(1),
         "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
         "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
+        "train.lr_stairs": at_least(0),
         "train.label_smoothing": ("in", 0, 1), "train.grad_clip": at_least(0), "train.log_every": at_least(1),
         "train.save_every_steps": at_least(1), "train.eval_images": at_least(0),
         "train.eval_subnets": at_least(0), "train.amp": one_of(precision.MODES),
@@ -339,6 +340,9 @@ def split_train(cfg: dict) -> dict:
 
 def _check_methods(t: dict, where: str) -> None:
     """Combinations of training methods that cannot work, refused at load (`where`: the section's name)."""
+    if t["progressive"]["enabled"]:
+        from track1.methods.sampling import parse_phases
+        parse_phases(t["progressive"]["phases"])
     n = t["nsas"]
     if n["enabled"] and t["sampler"] != "spos":
         raise ConfigError(f"{where}.nsas: NSAS regularises one path a step (the 2nd place's): it needs "

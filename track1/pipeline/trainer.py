@@ -9,7 +9,7 @@ import paddle
 
 from track1.methods.base import RunContext
 from track1.methods.registry import build_methods
-from track1.methods.sampling import parse_phases, phase_at, uses_every_parameter
+from track1.methods.sampling import parse_phases, phase_at, phase_starts, uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
 from track1.network.build import build_fewshot, build_supernet
 from track1.network.pretrained import init_path, load_full_network
@@ -39,11 +39,15 @@ class Trainer:
         self.run_steps = min(self.total_steps, cap) if cap else self.total_steps  # where this run stops
         # a split step's own settings (track1.pipeline.fewshot.split_config)
         self.split_step = t.get("split", {"step": "rotate", "group_lr": "equal", "group": None})
+        self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
         scales = self.model.difflr_scales() if self.split_step["group_lr"] == "difflr" else None
-        self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch, scales)
+        restarts = None  # phases with an lr each restart the cosine, over where the run stops
+        if self.phases and self.phases[0].lr is not None:
+            restarts = (phase_starts(self.phases, self.run_steps), [p.lr for p in self.phases])
+        self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch, scales,
+                                                         restarts)
         self.precision = Precision(t["amp"])
         self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
-        self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
         unused = split is not None or not uses_every_parameter(t["sampler"])  # other groups' weights too
         self.net = paddle.DataParallel(self.model, find_unused_parameters=unused) if world > 1 else self.model
 
