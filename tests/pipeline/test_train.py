@@ -74,6 +74,7 @@ def test_lr_warmup_then_cosine():
     stairs = [lr_factor(s, 0, 20, 0.0, 5.0) for s in range(20)]
     assert stairs[:5] == [1.0] * 5 and stairs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert stairs[19] == stairs[15] == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)))
+    assert lr_factor(20, 0, 21, 0.0, 5.0) == stairs[15]  # a run a little longer than its stairs: still the last
 
 
 def test_phases_with_an_lr_restart_the_cosine():
