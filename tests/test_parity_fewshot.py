@@ -9,7 +9,9 @@ fixed batch, through the Trainer, against a reference step written here from the
 - the 2nd place (QUARKAutoML/CVPR_2022_NAS_Competition_Track1_2nd): train_supernet_split_separate_
   multi_stage.py 66-148 (0.4 x CE of the path + 0.4 x soft CE to the frozen full network, then the NSAS
   set, each 0.2 / 7 x CE, no distillation), arch_nsas.py (the set's update), groups 0-3 in sequence,
-  groups 1 and 3 for 1.5 x the epochs, group 4 untrained; Momentum with L2 decay on every parameter.
+  groups 1 and 3 for 1.5 x the epochs, group 4 untrained; Momentum with L2 decay on every parameter,
+  each group's cosine stepped once an epoch; and the one-shot schedule of their progressive stage
+  (train_supernet.py's six optimizers, autoslim.py's phases).
 Momentum is 0 here and the weight decay large, so an update is -lr x factor x (clip(grad) + wd x w);
 the references build the loss forward by forward and take its gradient with paddle.grad, never
 through the project's methods. The subnets drawn are the project's (i.i.d. from the tied sub-space,
@@ -23,7 +25,9 @@ fail tests/methods/test_nsas.py too or only):
    teacher's gradient); lrs x2 dropped.
  depth: nsas.weight 0 or the NSAS term missing; distillation applied to the NSAS set too; label_weight
    1; the nearest member chosen as the last of equals, or the replacement taken with >= (ties);
-   recent paths without the step's own; group 4 trained; groups 1 and 3 at 1x epochs.
+   recent paths without the step's own; group 4 trained; groups 1 and 3 at 1x epochs; lr_stairs 0
+   (a smooth cosine in each group).
+ progressive_fewshot: the phases' lr restarts ignored.
 """
 import numpy as np
 import paddle
