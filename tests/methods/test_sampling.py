@@ -131,8 +131,12 @@ def test_progressive_phases_switch_at_their_fractions_and_narrow_the_draws(tmp_p
     assert trainer.step(x, y, 5)["progressive/phase"] == 1
     from track1.pipeline.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="the last 1.0"):
-        Trainer(load_config(None, ["train.progressive.enabled=true",
-                                   "train.progressive.phases=[{until: 0.5}]"]), steps_per_epoch=8)
+        load_config(None, ["train.progressive.enabled=true", "train.progressive.phases=[{until: 0.5}]"])
+    with pytest.raises(ConfigError, match="an lr for every phase .* or for none"):
+        load_config(None, ["train.progressive.enabled=true",
+                           "train.progressive.phases=[{until: 0.5, lr: 2}, {until: 1.0}]"])
+    with pytest.raises(ConfigError, match=r"phases\[0\].lr: a factor above 0"):
+        load_config(None, ["train.progressive.enabled=true", "train.progressive.phases=[{until: 1.0, lr: 0}]"])
 
 
 def test_the_rdnas_authors_draw_every_tied_ratio_and_their_smallest():

@@ -297,17 +297,24 @@ def test_run_sh_two_phase_recipe_pretrains_then_fine_tunes(tmp_path):
         assert (tmp_path / "out" / "ft" / "stages" / f"{stage}.done").exists()
 
 
-@pytest.mark.parametrize("preset", ["fewshot_width", "fewshot_depth", "progressive", "biased"])
+@pytest.mark.parametrize("preset", ["fewshot_width", "fewshot_depth", "progressive", "progressive_fewshot", "biased"])
 def test_run_sh_runs_each_winning_teams_preset_capped_by_max_steps(tmp_path, preset):
     done = _run_preset_tiny(tmp_path, preset, "p", "train: {eval_images: 100, max_steps: 12}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "submit" / "p.json").exists()
-    # train.max_steps caps the whole run: the one-shot run and every split step together.
-    runs_done = [json.loads(p.read_text())["step"] for p in (tmp_path / "out" / "p").rglob("latest.json")]
-    assert runs_done and all(s > 0 for s in runs_done) and sum(runs_done) <= 12
+    # train.max_steps caps the whole run, shared by epochs (track1/pipeline/caps.py): the one-shot run
+    # (at least the steps progressive's phases need, within its own epochs) and each split run (4 steps
+    # an epoch, so 0.4 epochs of a width step are 2 steps, a depth group's 0.2 or 0.3 one); the pretrain
+    # run its epoch
+    runs_done = {p.parent.parent.name: json.loads(p.read_text())["step"]
+                 for p in (tmp_path / "out" / "p").rglob("latest.json")}
+    expected = {"fewshot_width": {"p": 5, **{f"width4x{n}": 2 for n in range(2, 8)}},
+                "fewshot_depth": {"pretrained": 4, "p": 9, **{f"depth34x5_g{g}": 1 for g in range(4)}},
+                "progressive": {"p": 12}, "biased": {"p": 12},
+                "progressive_fewshot": {"pretrained": 4, "p": 8, **{f"depth34x5_g{g}": 1 for g in range(4)}}}[preset]
+    assert runs_done == expected
     if preset.startswith("fewshot"):
         assert "fewshot: " in done.stdout and "split step(s)" in done.stdout
-        assert len(runs_done) == (4 if preset == "fewshot_width" else 2)  # one-shot + its split steps
 
 
 @pytest.mark.parametrize("preset", ["cream_authors", "rdnas_authors"])

@@ -121,10 +121,10 @@ def test_a_few_shot_run_killed_mid_split_and_resumed_ends_with_the_same_weights(
     # Scoring takes the last split step's checkpoint and names the split in its settings.
     assert runs.find_checkpoint(cfg, None) == resumed
     assert runs.score_settings(cfg, resumed)["split"] == "width4x3"
-    # A checkpoint of another split is refused in one line.
-    other = tiny_config(tmp_path / "b", *FEW[:1], "fewshot.groups=[2, 3, 4]", *FEW[2:])
-    with pytest.raises(checkpoint.CheckpointError, match="a checkpoint of split width4x3, this config scores "
-                                                         "with split width4x4"):
+    # A checkpoint of a split that is no step of the config is refused in one line.
+    other = tiny_config(tmp_path / "b", *FEW[:1], "fewshot.groups=[2, 4]", *FEW[2:])
+    with pytest.raises(checkpoint.CheckpointError, match="a checkpoint of split width4x3, this config's split "
+                                                         "steps are width4x2, width4x4"):
         runs.load_supernet(other, resumed)
     with pytest.raises(checkpoint.CheckpointError, match="few-shot checkpoint .* fewshot.enabled is false"):
         runs.load_supernet(tiny_config(tmp_path / "b"), resumed)
@@ -150,3 +150,105 @@ def test_a_split_step_keeps_the_one_shot_runs_frozen_teacher(tmp_path, start):
     sc = split_config(cfg, width_split(4, 2))
     teacher = FrozenTeacher(sc, RunContext(SearchSpace(width_mult=0.125), 1, 1, run_dir(sc)))
     assert Path(teacher.path) == init_path(cfg, run_dir(cfg)) and sc["train"]["init_from"] == ""
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["fewshot.group_epochs=[1, 2]"], "fewshot.group_epochs: only with fewshot.step sequence"),
+    (["fewshot.step=sequence", "fewshot.split=depth", "fewshot.group_epochs=[1, 2]"],
+     "fewshot.group_epochs [1, 2]: epochs (>= 0) for each of the 5 groups"),
+    (["fewshot.step=global_sandwich", "fewshot.train={sampler: spos}"], "global_sandwich: the 4th place's sandwich"),
+    (["fewshot.group_lr=difflr", "fewshot.split=depth"], "difflr: the 4th place's lr table is for a width split"),
+    (["fewshot.train={epochs: 3}"], "fewshot.train.epochs: a split step sets it"),
+    (["fewshot.train={nsas: {enabled: true}}"], "fewshot.train.nsas: NSAS regularises one path a step"),
+    (["fewshot.train={distill: {enabled: true}}"], "fewshot.train.distill needs a teacher"),
+    (["fewshot.lrs=[0.1]"], "fewshot.lrs [0.1]: one lr (>= 0) a split step, 5 here"),
+    (["score.fewshot_step=width4x9"], "score.fewshot_step: 'width4x9' is not a split step of this config"),
+])
+def test_few_shot_combinations_that_cannot_work_are_refused_at_load(capsys, overrides, message):
+    from track1.pipeline.cli import main
+    argv = ["prepare", "-o", "fewshot.enabled=true"] + [x for o in overrides for x in ("-o", o)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_progressive_then_few_shot_by_depth_in_sequence_runs_end_to_end(tmp_path):
+    """The 2nd place's pipeline, capped: every progressive phase, then groups 0-3 one after another (the
+    crash of issue 28: the split step narrowed every group by a progressive phase); group 4 untouched."""
+    from conftest import REPO
+    from track1.pipeline.config import load_config
+    from track1.pipeline.pretrain import pretrain
+    cfg = load_config(REPO / "configs" / "progressive_fewshot.yaml", [
+        f"run.output_dir={tmp_path}", "space.width_mult=0.125", "data.train_size=256", "data.batch_size=32",
+        "train.eval_images=64", "train.eval_subnets=1", "train.max_steps=14", "pretrain.max_steps=2",
+        "fewshot.group_epochs=[1, 1.5, 1, 1.5, 0]"])
+    pretrain(cfg, progress=False)
+    one_shot = train(cfg, progress=False)
+    assert checkpoint.read_meta(one_shot)["step"] == 9  # their 6 phases need 9 steps, more than 14 x 2/7
+    final, what = fewshot(cfg, progress=False)
+    assert "1 split step(s), the last depth34x5 with 5 groups" in what
+    runs_made = sorted(p.name for p in (tmp_path / cfg["run"]["name"] / "fewshot").iterdir())
+    assert runs_made == [f"depth34x5_g{g}" for g in range(4)]
+    assert final.parent.parent.name == "depth34x5_g3" and checkpoint.read_meta(final)["finished"]
+    before, after = paddle.load(str(one_shot / "model.pdparams")), _weights(final)
+    for name, v in before.items():  # group 4 keeps the one-shot weights, group 0 (trained first) moved
+        np.testing.assert_array_equal(after[f"parts.4.{name}"], v.numpy())
+    assert any(not np.array_equal(after[f"parts.0.{n}"], v.numpy()) for n, v in before.items())
+
+
+def test_score_takes_any_split_step_and_names_it_in_its_log(tmp_path):
+    cfg = tiny_config(tmp_path, *FEW)
+    train(cfg, progress=False)
+    last, _ = fewshot(cfg, progress=False)
+    first = runs.find_checkpoint(tiny_config(tmp_path, *FEW, "score.fewshot_step=width4x2"), None)
+    assert checkpoint.read_meta(first)["split"] == "width4x2" and runs.find_checkpoint(cfg, None) == last
+    names = [runs.scores_path(cfg, "list", c).name for c in (first, last)]
+    assert names[0].startswith("list@width4x2.") and names[1].startswith("list@width4x3.")
+    space, model = runs.load_supernet(cfg, first)  # an earlier step's checkpoint scores with its own split
+    assert len(model.parts) == 2
+
+
+def test_a_sequence_step_killed_in_a_group_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
+    """fewshot_depth.yaml's groups in sequence, NSAS and the frozen teacher: the run killed in group 1
+    and resumed (its NSAS set and recent paths from the checkpoint) ends as the uninterrupted one."""
+    from conftest import REPO
+    from track1.pipeline import trainer as trainer_mod
+    from track1.pipeline.config import load_config
+    from track1.pipeline.pretrain import pretrain
+
+    def run(root):
+        cfg = load_config(REPO / "configs" / "fewshot_depth.yaml", [
+            f"run.output_dir={root}", "space.width_mult=0.125", "data.train_size=256", "data.batch_size=32",
+            "train.eval_images=64", "train.eval_subnets=1", "train.max_steps=16", "train.save_every_steps=1",
+            "pretrain.max_steps=2", "fewshot.group_epochs=[1, 1.5, 1, 1.5, 0]"])
+        pretrain(cfg, progress=False)
+        train(cfg, progress=False)
+        return cfg
+    full, _ = fewshot(run(tmp_path / "a"), progress=False)
+    cfg = run(tmp_path / "b")
+    real, calls = trainer_mod.Trainer.step, []
+
+    def dying(self, x, y, step, *a, **k):
+        if self.split_step["group"] == 1 and step == 2 and not calls:
+            calls.append(step)
+            raise KeyboardInterrupt
+        return real(self, x, y, step, *a, **k)
+    monkeypatch.setattr(trainer_mod.Trainer, "step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fewshot(cfg, progress=False)
+    resumed, _ = fewshot(cfg, progress=False)
+    assert calls == [2] and checkpoint.read_meta(resumed)["step"] == 3
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_split_step_of_part_of_an_epoch_ends_with_its_health_check(tmp_path):
+    cfg = tiny_config(tmp_path, "fewshot.enabled=true", "fewshot.groups=[2, 3]", "fewshot.epochs=0.5",
+                      "train.epochs=1", "train.eval_subnets=1")
+    train(cfg, progress=False)
+    final, _ = fewshot(cfg, progress=False)
+    meta = checkpoint.read_meta(final)
+    assert final.name == "epoch_001" and meta["step"] == 4 and meta["finished"]  # 8 steps an epoch
+    assert {"val/top1_largest", "val/top1_smallest"} <= set(meta["val_top1"])

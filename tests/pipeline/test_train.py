@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import paddle
@@ -7,7 +8,7 @@ import pytest
 from track1.pipeline import checkpoint
 from track1.pipeline.config import ConfigError, config_hash, run_dir, set_value
 from track1.network.build import build_supernet
-from track1.pipeline.optim import lr_factor
+from track1.pipeline.optim import lr_factor, restarted_factor
 from track1.pipeline.train import train
 
 from conftest import tiny_config
@@ -69,6 +70,17 @@ def test_lr_warmup_then_cosine():
     assert lr_factor(3, 4, 20, 0.0) == pytest.approx(1.0)
     assert lr_factor(12, 4, 20, 0.0) == pytest.approx(0.5)
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+    # in stairs (4 over 20 steps): held for 5 steps each, the last at cos(3 pi / 4), not 0
+    stairs = [lr_factor(s, 0, 20, 0.0, stair_steps=5.0) for s in range(20)]
+    assert stairs[:5] == [1.0] * 5 and stairs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert stairs[19] == stairs[15] == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)))
+    assert lr_factor(20, 0, 21, 0.0, stair_steps=5.0) == stairs[15]  # a run a little longer than its stairs: still the last
+
+
+def test_phases_with_an_lr_restart_the_cosine():
+    starts, factors = [0, 4, 10], [1.0, 2.0]
+    assert [restarted_factor(s, starts, factors, 0.0) for s in (0, 2, 4, 7)] == pytest.approx(
+        [1.0, 0.5, 2.0, 1.0])
 
 
 def test_lr_linear_decay_and_a_warmup_longer_than_the_run():

@@ -49,7 +49,9 @@ class FrozenTeacher(Method):
         return {}
 
     def extra_loss(self, subnets, logits, x, y):
-        terms = [soft_cross_entropy(out, self.probs) for (role, _), out in zip(subnets, logits) if role != "pair"]
+        # pairs learn only through the rank term, NSAS's set only from the labels (the 2nd place's)
+        terms = [soft_cross_entropy(out, self.probs) for (role, _), out in zip(subnets, logits)
+                 if role not in ("pair", "nsas")]
         kd = paddle.add_n(terms)
         return self.weight * kd, {"distill/loss": kd.detach() / len(terms)}
 

@@ -23,6 +23,9 @@ SAMPLERS = ("sandwich", "spos", "random", "largest")
 PAIR_MODES = ("partners", "extra", "free")
 DISTANCES = ("hamming", "group")
 BIAS_RULES = ("none", "tilt", "top_of")
+# How a few-shot split step draws (fewshot.step): one group a step in turn | the sandwich over the whole
+# space, each subnet routed to its group (the 4th place) | one group after another (the 2nd place).
+FEWSHOT_STEPS = ("rotate", "global_sandwich", "sequence")
 
 
 def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
@@ -104,22 +107,27 @@ def step_subnets(within: Subspace, rule: str, num_random: int, seed: int, step: 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """A progressive-shrinking phase: until this fraction of the run, depths of at least
-    `min_depths` and ratio codes up to `max_codes` per stage (None: the whole official range)."""
+    `min_depths` and ratio codes up to `max_codes` per stage (None: the whole official range); with
+    `lr`, the phase restarts the cosine from lr x train.lr (the 2nd place's six optimizers)."""
 
     until: float
     min_depths: tuple[int, ...] | None = None
     max_codes: tuple[int, ...] | None = None
+    lr: float | None = None
 
 
 def parse_phases(phases: list) -> list[Phase]:
-    """train.progressive.phases: a list of {until, depth, width}, depth "largest" | "elastic" | a
-    minimum per stage, width "largest" | "elastic" | a maximum ratio code per stage; the last phase
-    ends the run (until 1.0)."""
+    """train.progressive.phases: a list of {until, depth, width[, lr]}, depth "largest" | "elastic" |
+    a minimum per stage, width "largest" | "elastic" | a maximum ratio code per stage, lr a factor on
+    train.lr that restarts the cosine (every phase or none); the last phase ends the run (until 1.0)."""
     from track1.errors import ConfigError
     out = []
     for i, p in enumerate(phases):
-        if not isinstance(p, dict) or set(p) - {"until", "depth", "width"} or "until" not in p:
-            raise ConfigError(f"train.progressive.phases[{i}]: expected {{until, depth, width}}, got {p!r}")
+        if not isinstance(p, dict) or set(p) - {"until", "depth", "width", "lr"} or "until" not in p:
+            raise ConfigError(f"train.progressive.phases[{i}]: expected {{until, depth, width[, lr]}}, got {p!r}")
+        lr = p.get("lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise ConfigError(f"train.progressive.phases[{i}].lr: a factor above 0 on train.lr, got {lr!r}")
         depth, width = p.get("depth", "elastic"), p.get("width", "elastic")
         min_depths = (tuple(MAX_DEPTHS) if depth == "largest" else None if depth == "elastic" else tuple(depth))
         max_codes = ((1,) * 4 if width == "largest" else None if width == "elastic" else tuple(width))
@@ -127,16 +135,32 @@ def parse_phases(phases: list) -> list[Phase]:
             if value is not None and (len(value) != 4 or not all(isinstance(v, int) for v in value)):
                 raise ConfigError(f"train.progressive.phases[{i}].{name}: \"largest\", \"elastic\" or 4 "
                                   f"integers, one a stage, got {p.get(name)!r}")
-        out.append(Phase(float(p["until"]), min_depths, max_codes))
+        out.append(Phase(float(p["until"]), min_depths, max_codes, lr))
     if not out or out[-1].until != 1.0 or any(a.until >= b.until for a, b in zip(out, out[1:])):
         raise ConfigError("train.progressive.phases: increasing `until` fractions, the last 1.0")
+    if len({p.lr is None for p in out}) > 1:
+        raise ConfigError("train.progressive.phases: an lr for every phase (each restarts the cosine) or for none")
     return out
+
+
+def phase_starts(phases: list[Phase], total_steps: int) -> list[int]:
+    """The first step of each phase in a run of total_steps (and total_steps after the last)."""
+    at = [phase_at(phases, s, total_steps) for s in range(total_steps)]
+    return [next((s for s, i in enumerate(at) if i >= k), total_steps) for k in range(len(phases))] + [total_steps]
 
 
 def phase_at(phases: list[Phase], step: int, total_steps: int) -> int:
     """The index of the phase a step belongs to (a function of the step: a resume keeps it)."""
     fraction = step / max(1, total_steps)
     return next(i for i, p in enumerate(phases) if fraction < p.until or i == len(phases) - 1)
+
+
+def steps_for_every_phase(phases: list[Phase]) -> int:
+    """The fewest steps a run needs for every phase to get at least one."""
+    n = len(phases)
+    while len({phase_at(phases, s, n) for s in range(n)}) < len(phases):
+        n += 1
+    return n
 
 
 def uses_every_parameter(rule: str) -> bool:

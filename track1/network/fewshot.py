@@ -18,6 +18,19 @@ from track1.space import SearchSpace, Widths
 from track1.space.split import Split
 
 
+GROUP_LRS = ("equal", "difflr")  # fewshot.group_lr
+
+# The 4th place's build_optimizer_difflr (solver/build.py) at n groups: {group: {stage: lr factor}}
+# (group -1: the widest), on blocks 0..DIFFLR_BLOCKS[stage]-1 of that stage (their range(4) leaves
+# the 5th block of stages 1, 2 and 4 at the base lr); 7 groups: their plain optimizer, no factor.
+DIFFLR = {2: {-1: {0: 2.0, 1: 5.0, 2: 6.0, 3: 6.0}},
+          3: {0: {1: 1 / 4, 2: 1 / 5, 3: 1 / 5}},
+          4: {0: {1: 1 / 3, 2: 1 / 4, 3: 1 / 4}},
+          5: {0: {1: 1 / 2, 2: 1 / 3, 3: 1 / 3}},
+          6: {0: {2: 1 / 2, 3: 1 / 2}}}
+DIFFLR_BLOCKS = (4, 4, 8, 4)
+
+
 class FewShotSupernet(nn.Layer):
     """`parts[g]` is group g's sub-supernet (state dict names `parts.<g>.<SuperNet name>`)."""
 
@@ -45,3 +58,15 @@ class FewShotSupernet(nn.Layer):
 
     def bn_layers(self) -> list[DynamicBatchNorm2D]:
         return [bn for part in self.parts for bn in part.bn_layers()]
+
+    def difflr_scales(self) -> dict[str, float]:
+        """Parameter name -> lr factor of the 4th place's table (DIFFLR) for this split's group count:
+        their group g of each stage is sub-supernet g here (the same codes at the routing stage 4)."""
+        n = len(self.parts)
+        out = {}
+        for g, stages in DIFFLR.get(n, {}).items():
+            part = self.parts[g % n]
+            for s, factor in stages.items():
+                for b in range(min(DIFFLR_BLOCKS[s], len(part.stages[s]))):
+                    out.update({p.name: factor for p in part.stages[s][b].parameters()})
+        return out

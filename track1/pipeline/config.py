@@ -29,11 +29,13 @@ NOT_TRAINING_SECTIONS = {"score", "submit", "standalone", "monitor", "fewshot", 
 NEUTRAL = {"standalone.optimizer": "momentum", "standalone.min_lr": 0.0, "train.init_from": "",
            "train.bn_stats": "batch", "train.lr_schedule": "cosine",
            "train.init_reorder": False, "train.draw": "official",
-           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "standalone.init_from": ""}
+           "train.cream.rho_grad": False, "train.cream.meta_every_steps": 0, "train.lr_stairs": 0,
+           "train.split": {"step": "rotate", "group_lr": "equal", "group": None}, "standalone.init_from": ""}
 # Sections added after runs existed that a fingerprint leaves out whole while their switch has its
 # neutral value.
 NEUTRAL_SECTIONS = {"train.distill": ("enabled", False), "pretrain": ("enabled", False),
-                    "train.bias": ("rule", "none"), "train.progressive": ("enabled", False)}
+                    "train.bias": ("rule", "none"), "train.progressive": ("enabled", False),
+                    "train.nsas": ("enabled", False)}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -51,6 +53,11 @@ def _read_yaml(path: Path) -> dict:
 
 # Keys whose value may be a string, a list or a mapping (a teacher is a proxy name, names or weights).
 _FREE_FORM = {"train.ranking.teacher"}
+# Mappings of other keys, merged key by key and checked against them in check(): fewshot.train holds
+# train.* keys a split step sets differently from the one-shot run.
+_OVERLAYS = {"fewshot.train": "train"}
+# Integer keys that also take a fraction (a split step may be part of an epoch).
+_FRACTIONAL = {"fewshot.epochs", "train.lr_stairs"}
 
 
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
@@ -60,12 +67,24 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
             raise ConfigError(f"{source}: unknown key '{name}'")
         if name in _FREE_FORM:
             base[key] = value
+        elif name in _OVERLAYS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{name}' must be a mapping")
+            base[key] = _overlay(base[key], value)
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{name}' must be a mapping")
             _merge(base[key], value, source, name + ".")
         else:
             base[key] = _typed(base[key], value, name, source)
+
+
+def _overlay(base: dict, update: dict) -> dict:
+    """base updated by update, mapping by mapping (no schema: check() checks the result)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _typed(default: Any, value: Any, name: str, source: str) -> Any:
@@ -82,6 +101,9 @@ def _typed(default: Any, value: Any, name: str, source: str) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise wrong("true or false")
+    elif isinstance(default, int) and name in _FRACTIONAL:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
@@ -225,13 +247,14 @@ def _schema() -> dict[str, tuple]:
     from track1.data.sources import ARRAY_DATA, IMAGE_DATA
     from track1.methods import board, matcher
     from track1.methods.losses import RANK_LOSSES, RANK_SCHEDULES
-    from track1.methods.sampling import BIAS_RULES, DISTANCES, PAIR_MODES, SAMPLERS
+    from track1.methods.sampling import BIAS_RULES, DISTANCES, FEWSHOT_STEPS, PAIR_MODES, SAMPLERS
     from track1.network import precision
     from track1.network.conv import MODES as CONV_MODES
     from track1.network.layers import ACTIVATIONS, BN_STATS
     from track1.pipeline import runtime
     from track1.pipeline.optim import LR_SCHEDULES, OPTIMIZERS
     from track1.ranking.proxy_runs import INPUTS
+    from track1.network.fewshot import GROUP_LRS
     from track1.space.split import SPLITS
     from track1.space.subspace import DRAWS
     one_of = lambda *c: ("one of", tuple(c[0]) if len(c) == 1 else c)  # noqa: E731
@@ -248,6 +271,7 @@ def _schema() -> dict[str, tuple]:
         "train.bn_stats": one_of(BN_STATS), "train.lr_schedule": one_of(LR_SCHEDULES),
         "train.optimizer": one_of(OPTIMIZERS), "train.lr": at_least(0), "train.momentum": ("in", 0, 1),
         "train.weight_decay": at_least(0), "train.warmup_epochs": at_least(0), "train.min_lr": at_least(0),
+        "train.lr_stairs": at_least(0),
         "train.label_smoothing": ("in", 0, 1), "train.grad_clip": at_least(0), "train.log_every": at_least(1),
         "train.save_every_steps": at_least(1), "train.eval_images": at_least(0),
         "train.eval_subnets": at_least(0), "train.amp": one_of(precision.MODES),
@@ -283,8 +307,11 @@ def _schema() -> dict[str, tuple]:
         "standalone.val_images": at_least(0), "standalone.num_codes": at_least(0),
         "standalone.log_every": at_least(1), "standalone.optimizer": one_of(OPTIMIZERS),
         "standalone.min_lr": at_least(0), "train.distill.weight": at_least(0),
-        "fewshot.split": one_of(SPLITS), "fewshot.stage": ("in", 2, 4), "fewshot.epochs": at_least(1),
-        "fewshot.lr": at_least(0),
+        "fewshot.split": one_of(SPLITS), "fewshot.stage": ("in", 2, 4), "fewshot.epochs": (">", 0),
+        "fewshot.lr": at_least(0), "fewshot.step": one_of(FEWSHOT_STEPS), "fewshot.group_lr": one_of(GROUP_LRS),
+        "train.nsas.select": at_least(1), "train.nsas.knn": at_least(1), "train.nsas.recent": at_least(1),
+        "train.nsas.refresh_every": at_least(1), "train.nsas.weight": at_least(0),
+        "train.nsas.label_weight": at_least(0),
         "pretrain.epochs": at_least(1), "pretrain.max_steps": at_least(0), "pretrain.optimizer": one_of(OPTIMIZERS),
         "pretrain.lr": at_least(0), "pretrain.min_lr": at_least(0), "pretrain.momentum": ("in", 0, 1),
         "pretrain.weight_decay": at_least(0), "pretrain.warmup_epochs": at_least(0),
@@ -320,6 +347,83 @@ def _combinations(cfg: dict) -> list[str]:
 def check(cfg: dict) -> dict:
     """cfg, or a one-line ConfigError naming the first key whose value is not among its choices or
     outside its range (the schema above), or the first combination of keys that cannot work."""
+    _check_values(cfg)
+    problems = _combinations(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+    _check_methods(cfg["train"], "train")
+    if cfg["fewshot"]["enabled"]:
+        _check_fewshot(cfg)
+    return cfg
+
+
+def split_train(cfg: dict) -> dict:
+    """The train section of a few-shot split step before its lengths are set: train.* with
+    fewshot.train over it (keys and types checked), progressive shrinking off."""
+    out = copy.deepcopy(cfg["train"])
+    _merge(out, copy.deepcopy(cfg["fewshot"]["train"]), "fewshot.train", "train.")
+    out["progressive"]["enabled"] = False  # a split step trains its groups whole (issue 28)
+    return out
+
+
+def _check_methods(t: dict, where: str) -> None:
+    """Combinations of training methods that cannot work, refused at load (`where`: the section's name)."""
+    if t["progressive"]["enabled"]:
+        from track1.methods.sampling import parse_phases
+        parse_phases(t["progressive"]["phases"])
+    n = t["nsas"]
+    if n["enabled"] and t["sampler"] != "spos":
+        raise ConfigError(f"{where}.nsas: NSAS regularises one path a step (the 2nd place's): it needs "
+                          f"{where}.sampler spos, not {t['sampler']}")
+    if n["enabled"] and (t["cream"]["enabled"] or t["ranking"]["enabled"]):
+        raise ConfigError(f"{where}.nsas: sets each path's loss itself; not with {where}.cream or {where}.ranking")
+
+
+# train.* keys each split step sets from the fewshot section (track1.pipeline.fewshot.split_config).
+SPLIT_SETS = ("epochs", "lr", "warmup_epochs", "init_from", "max_steps", "progressive")
+
+
+def _check_fewshot(cfg: dict) -> None:
+    """Few-shot settings that cannot work together, refused at load rather than after the one-shot run."""
+    from track1.space.split import split_steps
+    f = cfg["fewshot"]
+    steps = split_steps(f["split"], f["stage"], f["groups"])
+    if f["lrs"] and (len(f["lrs"]) != len(steps) or not all(_number(v) and v >= 0 for v in f["lrs"])):
+        raise ConfigError(f"fewshot.lrs {f['lrs']}: one lr (>= 0) a split step, {len(steps)} here, or [] for fewshot.lr")
+    e = f["group_epochs"]
+    if e and f["step"] != "sequence":
+        raise ConfigError(f"fewshot.group_epochs: only with fewshot.step sequence (groups one after another), "
+                          f"not {f['step']}")
+    if e and (any(len(s.groups) != len(e) for s in steps) or not all(_number(v) and v >= 0 for v in e)
+              or not any(e)):
+        raise ConfigError(f"fewshot.group_epochs {e}: epochs (>= 0) for each of the {len(steps[0].groups)} groups "
+                          f"of every split step, not all 0")
+    for key in f["train"]:
+        if key in SPLIT_SETS:
+            raise ConfigError(f"fewshot.train.{key}: a split step sets it from the fewshot section (fewshot.epochs, "
+                              f"fewshot.lr, fewshot.lrs); progressive shrinking is off in a split step")
+    t = split_train(cfg)
+    _check_values({**cfg, "train": t})
+    _check_methods(t, "fewshot.train")
+    if f["step"] == "global_sandwich" and t["sampler"] != "sandwich":
+        raise ConfigError(f"fewshot.step global_sandwich: the 4th place's sandwich over the whole space; the split "
+                          f"step's sampler is {t['sampler']}, not sandwich")
+    if f["group_lr"] == "difflr" and (f["split"] != "width" or f["stage"] != 4):
+        raise ConfigError("fewshot.group_lr difflr: the 4th place's lr table is for a width split by stage 4")
+    if t["distill"]["enabled"] and not (t["distill"]["teacher"] or t["init_from"] or cfg["pretrain"]["enabled"]):
+        raise ConfigError("fewshot.train.distill needs a teacher: train.distill.teacher, train.init_from or "
+                          "pretrain.enabled")
+    names = [s.name for s in steps]
+    if cfg["score"]["fewshot_step"] not in ("", *names):
+        raise ConfigError(f"score.fewshot_step: {cfg['score']['fewshot_step']!r} is not a split step of this "
+                          f"config ({', '.join(names)})")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_values(cfg: dict) -> None:
     for name, rule in _schema().items():
         value = _lookup(cfg, name.split("."))
         kind = rule[0]
@@ -331,7 +435,3 @@ def check(cfg: dict) -> dict:
             raise ConfigError(f"{name}: must be above {rule[1]}, got {value!r}")
         if kind == "in" and not rule[1] <= value <= rule[2]:
             raise ConfigError(f"{name}: must be in [{rule[1]}, {rule[2]}], got {value!r}")
-    problems = _combinations(cfg)
-    if problems:
-        raise ConfigError(problems[0])
-    return cfg

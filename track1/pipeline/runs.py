@@ -13,7 +13,7 @@ from track1.files import digest, write_json
 from track1.network.build import build_fewshot, build_supernet
 from track1.pipeline import checkpoint
 from track1.pipeline.config import run_dir, section_keys
-from track1.pipeline.fewshot import final_checkpoint, split_config, steps_of
+from track1.pipeline.fewshot import groups_trained, split_config, step_checkpoint, steps_of
 from track1.ranking.scoring import score_list, shard_keys
 from track1.ranking.submission import (SubmissionError, break_ties, demo_arch_list, load_arch_list,
                                        merge_shards, write_arch_list, write_submission)
@@ -38,13 +38,13 @@ def arch_list(cfg: dict, given: str | None, official: bool = False) -> tuple[dic
 
 
 def find_checkpoint(cfg: dict, given: str | None) -> Path:
-    """--checkpoint, else score.checkpoint, else the run's latest (its last few-shot split step's,
-    with fewshot.enabled)."""
+    """--checkpoint, else score.checkpoint, else the run's latest (with fewshot.enabled, that of the
+    split step score.fewshot_step names, else of the last)."""
     path = given or cfg["score"]["checkpoint"]
     if path:
         return Path(path)
     if cfg["fewshot"]["enabled"]:
-        return final_checkpoint(cfg)[0]
+        return step_checkpoint(cfg)[0]
     last = checkpoint.latest(run_dir(cfg))
     if last is None:
         raise checkpoint.CheckpointError(checkpoint.without_pointer(run_dir(cfg))
@@ -64,10 +64,13 @@ def score_settings(cfg: dict, ckpt: Path) -> dict:
 
 
 def scores_path(cfg: dict, list_name: str, ckpt: Path, shard: tuple[int, int] = (0, 1)) -> Path:
-    """<run>/scores/<list>@<checkpoint>.<settings key>[.shardIofN].jsonl: other scoring settings
-    (e.g. -o score.val_images=2000) write a new log instead of resuming the old one."""
+    """<run>/scores/<list>@[<split>.]<checkpoint>.<settings key>[.shardIofN].jsonl: other scoring
+    settings (e.g. -o score.val_images=2000) write a new log instead of resuming the old one; a
+    few-shot checkpoint's name starts with its split step's."""
     suffix = f".shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
-    return run_dir(cfg) / "scores" / f"{list_name}@{ckpt.name}.{digest(score_settings(cfg, ckpt), 8)}{suffix}.jsonl"
+    settings = score_settings(cfg, ckpt)
+    name = f"{settings['split']}.{ckpt.name}" if settings.get("split") else ckpt.name
+    return run_dir(cfg) / "scores" / f"{list_name}@{name}.{digest(settings, 8)}{suffix}.jsonl"
 
 
 def parse_shard(given: str | None) -> tuple[int, int]:
@@ -109,11 +112,12 @@ def load_supernet(cfg: dict, ckpt: Path):
         space, model = build_supernet(cfg)
         checkpoint.load_weights(ckpt, model, cfg)
         return space, model
-    wanted = steps_of(cfg)[-1]
-    if split != wanted.name:
+    steps = steps_of(cfg)
+    wanted = next((s for s in steps if s.name == split), None)
+    if wanted is None:
         raise checkpoint.CheckpointError(f"{ckpt}: a checkpoint of split {split or 'none (one-shot)'}, this "
-                                         f"config scores with split {wanted.name}")
-    sc = split_config(cfg, wanted)
+                                         f"config's split steps are {', '.join(s.name for s in steps)}")
+    sc = split_config(cfg, wanted, groups_trained(cfg, wanted)[-1])
     space, model = build_fewshot(sc, wanted)
     checkpoint.load_weights(ckpt, model, sc)
     return space, model

@@ -20,7 +20,7 @@ from track1.pipeline.config import run_dir
 from track1.pipeline.progress import Progress
 from track1.pipeline.trainer import Trainer
 from track1.ranking.health import describe_health, health, health_sets
-from track1.space.split import Split, split_steps
+from track1.space.split import Split
 
 
 def train(cfg: dict, resume: bool = False, progress: bool = True, split: Split | None = None,
@@ -44,7 +44,7 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
         print(runtime.describe(world, trainer.precision.mode, trainer.precision.device_note()))
         for line in trainer.notes() + runtime.shared_memory_notes(cfg):
             print(line)
-    stop_at = min(trainer.total_steps, max_steps(cfg)) if t["max_steps"] > 0 else trainer.total_steps
+    stop_at = trainer.run_steps
     step, seconds_before = resume_from(cfg, out, trainer, world, spe, resume, main, stop_at)
     if step >= stop_at:
         return checkpoint.latest(out)
@@ -85,30 +85,24 @@ def _train(cfg: dict, resume: bool, progress: bool, split: Split | None, initial
             if step % spe and step % t["save_every_steps"] == 0:
                 save(f"step_{step:07d}")
                 report.window.restart()
-        if step % spe == 0:
-            # epoch end: health and rank check on every rank's share, then the checkpoint
+        if step % spe == 0 or step == trainer.total_steps:
+            # epoch end (or the end of a run of part of an epoch, a few-shot step's): health and rank
+            # check on every rank's share, then the checkpoint
+            ep = -(-step // spe)
             top1 = health(trainer.model, trainer.space, sets, t["eval_subnets"], world)
-            report.say(f"epoch {step // spe} step {step}: {describe_health(top1)}")
+            report.say(f"epoch {ep} step {step}: {describe_health(top1)}")
             report.log(top1, step)
-            if rank_check is not None and rank_check.due(step // spe):
-                checked = rank_check(trainer.model, step // spe)  # to the log only (track1/pipeline/monitor.py)
-                report.say(f"epoch {step // spe}: {rank_check.describe(checked)}")
+            if rank_check is not None and rank_check.due(ep):
+                checked = rank_check(trainer.model, ep)  # to the log only (track1/pipeline/monitor.py)
+                report.say(f"epoch {ep}: {rank_check.describe(checked)}")
                 report.log(checked, step)
-            final = save(f"epoch_{step // spe:03d}", top1)
+            final = save(f"epoch_{ep:03d}", top1)
             report.window.restart()
         else:  # stopped by train.max_steps mid-epoch: no evaluation, so a resume continues exactly
             final = save(f"step_{step:07d}")
     data.close()
     report.close()
     return final if final is not None or not main else checkpoint.latest(out)
-
-
-def max_steps(cfg: dict) -> int:
-    """This run's share of train.max_steps, which caps the whole of a few-shot run: the one-shot
-    training and each split step (track1.pipeline.fewshot) take an equal share."""
-    f = cfg["fewshot"]
-    phases = 1 + (len(split_steps(f["split"], f["stage"], f["groups"])) if f["enabled"] else 0)
-    return max(1, cfg["train"]["max_steps"] // phases)
 
 
 def distributed() -> tuple[int, int]:

@@ -9,12 +9,13 @@ import paddle
 
 from track1.methods.base import RunContext
 from track1.methods.registry import build_methods
-from track1.methods.sampling import parse_phases, phase_at, uses_every_parameter
+from track1.methods.sampling import parse_phases, phase_at, phase_starts, uses_every_parameter
 from track1.methods.step import plan_subnets, train_step
 from track1.network.build import build_fewshot, build_supernet
 from track1.network.layers import set_bn_stats
 from track1.network.pretrained import init_path, load_full_network
 from track1.network.precision import Precision
+from track1.pipeline.caps import capped_steps
 from track1.pipeline.optim import build_optimizer
 from track1.space import Subspace
 from track1.space.split import Split
@@ -29,17 +30,26 @@ class Trainer:
 
     def __init__(self, cfg: dict, steps_per_epoch: int, world: int = 1, run_dir: Path | None = None,
                  split: Split | None = None, initial_state: dict | None = None):
-        """split: train a few-shot supernet of it, each step one group's subnets in turn
-        (track1.pipeline.fewshot); initial_state: its weights at the start of a new run."""
+        """split: train a few-shot supernet of it (track1.pipeline.fewshot; how: train.split);
+        initial_state: its weights at the start of a new run."""
         t = self.t = cfg["train"]
         self.cfg, self.run_dir, self.split, self.initial_state = cfg, run_dir, split, initial_state
         self.space, self.model = build_supernet(cfg) if split is None else build_fewshot(cfg, split)
         set_bn_stats(self.model, t["bn_stats"])  # frozen: the statistics start() loads, never updated
-        self.total_steps = steps_per_epoch * t["epochs"]
-        self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch)
+        self.total_steps = int(round(steps_per_epoch * t["epochs"]))  # a split step may be part of an epoch
+        cap = capped_steps(cfg)
+        self.run_steps = min(self.total_steps, cap) if cap else self.total_steps  # where this run stops
+        # a split step's own settings (track1.pipeline.fewshot.split_config)
+        self.split_step = t.get("split", {"step": "rotate", "group_lr": "equal", "group": None})
+        self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
+        scales = self.model.difflr_scales() if self.split_step["group_lr"] == "difflr" else None
+        restarts = None  # phases with an lr each restart the cosine, over where the run stops
+        if self.phases and self.phases[0].lr is not None:
+            restarts = (phase_starts(self.phases, self.run_steps), [p.lr for p in self.phases])
+        self.optimizer, self.scheduler = build_optimizer(t, self.model, self.total_steps, steps_per_epoch, scales,
+                                                         restarts)
         self.precision = Precision(t["amp"])
         self.methods = build_methods(cfg, RunContext(self.space, steps_per_epoch, self.total_steps, run_dir))
-        self.phases = parse_phases(t["progressive"]["phases"]) if t["progressive"]["enabled"] else []
         unused = split is not None or not uses_every_parameter(t["sampler"])  # other groups' weights too
         self.net = paddle.DataParallel(self.model, find_unused_parameters=unused) if world > 1 else self.model
 
@@ -65,13 +75,21 @@ class Trainer:
         return lines
 
     def within(self, step: int) -> tuple[Subspace, int | None]:
-        """The part of the space this step draws from (a few-shot split: its groups in turn), and its
-        progressive-shrinking phase (None: off)."""
-        base = (Subspace.named(self.t["draw"]) if self.split is None
-                else self.split.groups[step % len(self.split.groups)])
+        """The part of the space this step draws from, and its progressive-shrinking phase (None:
+        off; the phases are fractions of where the run stops). A few-shot split step draws from its
+        groups in turn (rotate), from the whole official sub-space (global_sandwich: the model
+        routes each subnet to its group) or from its one group (sequence)."""
+        if self.split is None:
+            base = Subspace.named(self.t["draw"])
+        elif self.split_step["step"] == "global_sandwich":
+            base = Subspace.official()
+        elif self.split_step["step"] == "sequence":
+            base = self.split.groups[self.split_step["group"]]
+        else:
+            base = self.split.groups[step % len(self.split.groups)]
         if not self.phases:
             return base, None
-        i = phase_at(self.phases, step, self.total_steps)
+        i = phase_at(self.phases, step, self.run_steps)
         return base.restrict(self.phases[i].min_depths, self.phases[i].max_codes), i
 
     def subnets(self, step: int):
