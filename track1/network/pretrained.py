@@ -105,11 +105,11 @@ def _some(names: list[str], n: int = 3) -> str:
 _PICKLE, _ZIP = b"\x80", b"PK\x03\x04"
 
 
-def read_state_file(path: Path, role: str = "full-network file (train.init_from)") -> dict:
+def read_state_file(path: Path, missing: str = "full-network file not found (train.init_from)") -> dict:
     """The name -> tensor dict of a .pdparams file, or a PretrainedError saying what the file is
-    instead: missing (named by its role), empty, text, a truncated or damaged Paddle file, another format."""
+    instead: missing (`missing` says what), empty, text, a truncated or damaged Paddle file, another format."""
     if not path.is_file():
-        raise PretrainedError(f"{path}: {role} not found")
+        raise PretrainedError(f"{path}: {missing}")
     with open(path, "rb") as f:
         head = f.read(512)
     try:

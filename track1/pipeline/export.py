@@ -105,7 +105,7 @@ def load_exported(net: ResNet, path: str | os.PathLike) -> None:
     """Set a plain network to an exported model.pdparams (either naming), checked: every tensor of
     the network present with its shape, nothing else; a problem is one ExportError."""
     path = Path(path)
-    raw = read_state_file(path, "exported weights")
+    raw = read_state_file(path, "exported weights not found")
     own = net.state_dict()
     organizers = any(k.startswith("blocks.") for k in raw)
     names = {(organizer_name(k, net.widths.depths) if organizers else k): k for k in own}
