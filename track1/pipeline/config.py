@@ -323,7 +323,7 @@ def _schema() -> dict[str, tuple]:
 
 def _combinations(cfg: dict) -> list[str]:
     """What cannot work in keys that are each valid alone, one line each: caught here, at load,
-    instead of before the first step or at the step that needs it."""
+    instead of before the first step, at the step that needs it or after the one-shot run."""
     t, c, batch = cfg["train"], cfg["train"]["cream"], cfg["data"]["batch_size"]
     network = bool(t["init_from"]) or cfg["pretrain"]["enabled"]  # what train starts from (pretrained.init_path)
     problems = []
@@ -333,14 +333,32 @@ def _combinations(cfg: dict) -> list[str]:
     if t["bn_stats"] == "frozen" and not network:
         problems.append("train.bn_stats: frozen keeps the statistics of the network the run starts from: "
                         "set train.init_from or pretrain.enabled")
-    if t["distill"]["enabled"] and not (t["distill"]["teacher"] or network):
-        problems.append("train.distill needs a teacher: train.distill.teacher, train.init_from or pretrain.enabled")
+    problems += _method_problems(t, "train", network)
     if c["enabled"] and c["pick"] == "meta" and 2 * c["meta_batch"] > batch:  # at the first matcher update
         problems.append(f"train.cream.meta_batch: {c['meta_batch']} + {c['meta_batch']} images do not fit a "
                         f"batch of {batch} (data.batch_size, a process's batch)")
     if c["enabled"] and c["meta_features"] == "flat" and c["store_images"] > batch:  # at the first board entry
         problems.append(f"train.cream.store_images: {c['store_images']} images do not fit a batch of {batch} "
                         f"(data.batch_size; meta_features flat needs them all)")
+    if cfg["fewshot"]["enabled"]:
+        problems += _fewshot_problems(cfg, network)
+    return problems
+
+
+def _method_problems(t: dict, where: str, network: bool) -> list[str]:
+    """Training methods that cannot work together in a train section (`where`: its name; network:
+    whether the run starts from a full network, the frozen teacher's default)."""
+    if t["progressive"]["enabled"]:
+        from track1.methods.sampling import parse_phases
+        parse_phases(t["progressive"]["phases"])  # a malformed phase: its own ConfigError
+    problems, n = [], t["nsas"]
+    if t["distill"]["enabled"] and not (t["distill"]["teacher"] or network):
+        problems.append(f"{where}.distill needs a teacher: train.distill.teacher, train.init_from or pretrain.enabled")
+    if n["enabled"] and t["sampler"] != "spos":
+        problems.append(f"{where}.nsas: NSAS regularises one path a step (the 2nd place's): it needs "
+                        f"{where}.sampler spos, not {t['sampler']}")
+    if n["enabled"] and (t["cream"]["enabled"] or t["ranking"]["enabled"]):
+        problems.append(f"{where}.nsas: sets each path's loss itself; not with {where}.cream or {where}.ranking")
     return problems
 
 
@@ -351,9 +369,6 @@ def check(cfg: dict) -> dict:
     problems = _combinations(cfg)
     if problems:
         raise ConfigError(problems[0])
-    _check_methods(cfg["train"], "train")
-    if cfg["fewshot"]["enabled"]:
-        _check_fewshot(cfg)
     return cfg
 
 
@@ -366,57 +381,44 @@ def split_train(cfg: dict) -> dict:
     return out
 
 
-def _check_methods(t: dict, where: str) -> None:
-    """Combinations of training methods that cannot work, refused at load (`where`: the section's name)."""
-    if t["progressive"]["enabled"]:
-        from track1.methods.sampling import parse_phases
-        parse_phases(t["progressive"]["phases"])
-    n = t["nsas"]
-    if n["enabled"] and t["sampler"] != "spos":
-        raise ConfigError(f"{where}.nsas: NSAS regularises one path a step (the 2nd place's): it needs "
-                          f"{where}.sampler spos, not {t['sampler']}")
-    if n["enabled"] and (t["cream"]["enabled"] or t["ranking"]["enabled"]):
-        raise ConfigError(f"{where}.nsas: sets each path's loss itself; not with {where}.cream or {where}.ranking")
-
-
 # train.* keys each split step sets from the fewshot section (track1.pipeline.fewshot.split_config).
 SPLIT_SETS = ("epochs", "lr", "warmup_epochs", "init_from", "max_steps", "progressive")
 
 
-def _check_fewshot(cfg: dict) -> None:
+def _fewshot_problems(cfg: dict, network: bool) -> list[str]:
     """Few-shot settings that cannot work together, refused at load rather than after the one-shot run."""
     from track1.space.split import split_steps
     f = cfg["fewshot"]
     steps = split_steps(f["split"], f["stage"], f["groups"])
+    problems = []
     if f["lrs"] and (len(f["lrs"]) != len(steps) or not all(_number(v) and v >= 0 for v in f["lrs"])):
-        raise ConfigError(f"fewshot.lrs {f['lrs']}: one lr (>= 0) a split step, {len(steps)} here, or [] for fewshot.lr")
+        problems.append(f"fewshot.lrs {f['lrs']}: one lr (>= 0) a split step, {len(steps)} here, or [] for fewshot.lr")
     e = f["group_epochs"]
     if e and f["step"] != "sequence":
-        raise ConfigError(f"fewshot.group_epochs: only with fewshot.step sequence (groups one after another), "
-                          f"not {f['step']}")
-    if e and (any(len(s.groups) != len(e) for s in steps) or not all(_number(v) and v >= 0 for v in e)
-              or not any(e)):
-        raise ConfigError(f"fewshot.group_epochs {e}: epochs (>= 0) for each of the {len(steps[0].groups)} groups "
-                          f"of every split step, not all 0")
-    for key in f["train"]:
-        if key in SPLIT_SETS:
-            raise ConfigError(f"fewshot.train.{key}: a split step sets it from the fewshot section (fewshot.epochs, "
-                              f"fewshot.lr, fewshot.lrs); progressive shrinking is off in a split step")
+        problems.append(f"fewshot.group_epochs: only with fewshot.step sequence (groups one after another), "
+                        f"not {f['step']}")
+    elif e and (any(len(s.groups) != len(e) for s in steps) or not all(_number(v) and v >= 0 for v in e)
+                or not any(e)):
+        problems.append(f"fewshot.group_epochs {e}: epochs (>= 0) for each of the {len(steps[0].groups)} groups "
+                        f"of every split step, not all 0")
+    problems += [f"fewshot.train.{key}: a split step sets it from the fewshot section (fewshot.epochs, "
+                 f"fewshot.lr, fewshot.lrs); progressive shrinking is off in a split step"
+                 for key in f["train"] if key in SPLIT_SETS]
+    if problems:  # the split step's train section below is built from these
+        return problems
     t = split_train(cfg)
     _check_values({**cfg, "train": t})
-    _check_methods(t, "fewshot.train")
+    problems += _method_problems(t, "fewshot.train", network)
     if f["step"] == "global_sandwich" and t["sampler"] != "sandwich":
-        raise ConfigError(f"fewshot.step global_sandwich: the 4th place's sandwich over the whole space; the split "
-                          f"step's sampler is {t['sampler']}, not sandwich")
+        problems.append(f"fewshot.step global_sandwich: the 4th place's sandwich over the whole space; the split "
+                        f"step's sampler is {t['sampler']}, not sandwich")
     if f["group_lr"] == "difflr" and (f["split"] != "width" or f["stage"] != 4):
-        raise ConfigError("fewshot.group_lr difflr: the 4th place's lr table is for a width split by stage 4")
-    if t["distill"]["enabled"] and not (t["distill"]["teacher"] or t["init_from"] or cfg["pretrain"]["enabled"]):
-        raise ConfigError("fewshot.train.distill needs a teacher: train.distill.teacher, train.init_from or "
-                          "pretrain.enabled")
+        problems.append("fewshot.group_lr difflr: the 4th place's lr table is for a width split by stage 4")
     names = [s.name for s in steps]
     if cfg["score"]["fewshot_step"] not in ("", *names):
-        raise ConfigError(f"score.fewshot_step: {cfg['score']['fewshot_step']!r} is not a split step of this "
-                          f"config ({', '.join(names)})")
+        problems.append(f"score.fewshot_step: {cfg['score']['fewshot_step']!r} is not a split step of this "
+                        f"config ({', '.join(names)})")
+    return problems
 
 
 def _number(v: Any) -> bool:
